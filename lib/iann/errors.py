@@ -1,0 +1,5 @@
+"""The error the library raises for bad input; modules turn it into gs.fatal."""
+
+
+class IannError(Exception):
+    """Bad input or state, with a message meant for the GRASS user."""

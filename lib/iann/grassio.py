@@ -1,0 +1,211 @@
+"""Raster I/O on the current region through the GRASS C library.
+
+Rows are read and written with Rast_get_f_row/Rast_put_*_row through the
+ctypes bindings that pygrass itself uses: this is faster than r.out.bin and
+keeps memory bounded, and it honours the region (nearest-neighbour
+resampling) and the MASK as every GRASS module does.
+"""
+
+import ctypes
+
+import numpy as np
+
+import grass.script as gs
+
+CELL_NULL = np.iinfo(np.int32).min
+
+_initialised = False
+
+
+def _lib():
+    """Return the GRASS raster library, initialised for this process."""
+    global _initialised
+    from grass.lib import gis as libgis
+    from grass.lib import raster as libraster
+
+    if not _initialised:
+        libgis.G_gisinit("i.ann")
+        _initialised = True
+    return libgis, libraster
+
+
+def refresh_region():
+    """Make the C library read the current region again.
+
+    The library caches the region on first use; a caller that changed the
+    region in this process (tests, scripts) must refresh it before opening
+    maps.
+    """
+    libgis, libraster = _lib()
+    libgis.G_unset_window()
+    libraster.Rast_unset_window()
+
+
+def region_shape():
+    """Rows and columns of the current region as the C library sees them."""
+    _, libraster = _lib()
+    return libraster.Rast_window_rows(), libraster.Rast_window_cols()
+
+
+def split_name(name):
+    """Split 'map@mapset' into its parts; the mapset may be empty."""
+    if "@" in name:
+        base, mapset = name.split("@", 1)
+        return base, mapset
+    return name, ""
+
+
+def find_raster(name):
+    """Full name (map@mapset) of a raster map, or None when it does not exist."""
+    base, mapset = split_name(name)
+    found = gs.find_file(base, element="cell", mapset=mapset)
+    return found["fullname"] or None
+
+
+def require_rasters(names):
+    """Fatal error naming the first raster map that does not exist."""
+    full = []
+    for name in names:
+        fullname = find_raster(name)
+        if not fullname:
+            gs.fatal(_("Raster map <{}> not found").format(name))
+        full.append(fullname)
+    return full
+
+
+class RowReader:
+    """Reads rows of one raster map on the current region as float32."""
+
+    def __init__(self, name):
+        _, self._lib = _lib()
+        base, mapset = split_name(name)
+        self.fd = self._lib.Rast_open_old(base, mapset)
+        self.cols = self._lib.Rast_window_cols()
+        self._fptr = ctypes.POINTER(self._lib.FCELL)
+        self._cptr = ctypes.POINTER(self._lib.CELL)
+
+    def read_float(self, row, out):
+        """Fill `out` (float32, contiguous, one region row) with NaN for NULL."""
+        self._lib.Rast_get_f_row(self.fd, out.ctypes.data_as(self._fptr), row)
+
+    def read_int(self, row, out):
+        """Fill `out` (int32, contiguous) with CELL_NULL for NULL."""
+        self._lib.Rast_get_c_row(self.fd, out.ctypes.data_as(self._cptr), row)
+
+    def close(self):
+        if self.fd is not None:
+            self._lib.Rast_close(self.fd)
+            self.fd = None
+
+
+class RowWriter:
+    """Writes rows of a new CELL or FCELL raster map in the current region."""
+
+    def __init__(self, name, mtype="CELL"):
+        _, self._lib = _lib()
+        self.mtype = mtype
+        if mtype == "CELL":
+            self.fd = self._lib.Rast_open_new(name, self._lib.CELL_TYPE)
+            self._dtype = np.int32
+            self._ptr = ctypes.POINTER(self._lib.CELL)
+            self._put = self._lib.Rast_put_c_row
+        else:
+            self.fd = self._lib.Rast_open_new(name, self._lib.FCELL_TYPE)
+            self._dtype = np.float32
+            self._ptr = ctypes.POINTER(self._lib.FCELL)
+            self._put = self._lib.Rast_put_f_row
+
+    def write(self, row):
+        """Write the next row: CELL_NULL (CELL) or NaN (FCELL) become NULL."""
+        row = np.ascontiguousarray(row, dtype=self._dtype)
+        self._put(self.fd, row.ctypes.data_as(self._ptr))
+
+    def close(self):
+        if self.fd is not None:
+            self._lib.Rast_close(self.fd)
+            self.fd = None
+
+    def discard(self):
+        """Close without writing anything, so no partial map is left."""
+        if self.fd is not None:
+            self._lib.Rast_unopen(self.fd)
+            self.fd = None
+
+
+def read_rows(readers, row_start, row_stop, out=None):
+    """Read rows [row_start, row_stop) of several maps into (rows, cols, bands)."""
+    n_rows = row_stop - row_start
+    cols = readers[0].cols
+    if out is None:
+        out = np.empty((n_rows, cols, len(readers)), dtype=np.float32)
+    line = np.empty(cols, dtype=np.float32)
+    for band, reader in enumerate(readers):
+        for i in range(n_rows):
+            reader.read_float(row_start + i, line)
+            out[i, :, band] = line
+    return out
+
+
+def read_int_rows(reader, row_start, row_stop):
+    """Read rows of an integer map as int32 with CELL_NULL for NULL."""
+    out = np.empty((row_stop - row_start, reader.cols), dtype=np.int32)
+    for i in range(row_stop - row_start):
+        reader.read_int(row_start + i, out[i])
+    return out
+
+
+def raster_info(name):
+    """r.info -g as a dict (datatype, resolution, range...)."""
+    return gs.parse_command("r.info", map=name, flags="g")
+
+
+def read_categories(name):
+    """Category labels of a raster map: {value: label}."""
+    text = gs.read_command("r.category", map=name, separator="pipe")
+    labels = {}
+    for line in text.splitlines():
+        if "|" not in line:
+            continue
+        value, label = line.split("|", 1)
+        try:
+            labels[int(float(value))] = label.strip()
+        except ValueError:
+            continue
+    return labels
+
+
+def read_colors(name, values):
+    """Colour of each value from the map's colour table, as 'R:G:B'."""
+    colors = {}
+    rules = gs.read_command("r.colors.out", map=name)
+    table = []
+    for line in rules.splitlines():
+        parts = line.split()
+        if len(parts) != 2 or parts[0] in ("nv", "default"):
+            continue
+        try:
+            table.append((float(parts[0]), parts[1]))
+        except ValueError:
+            continue
+    for value in values:
+        colors[value] = _interpolate_color(table, value)
+    return colors
+
+
+def _interpolate_color(table, value):
+    if not table:
+        return None
+    table = sorted(table)
+    if value <= table[0][0]:
+        return table[0][1]
+    if value >= table[-1][0]:
+        return table[-1][1]
+    for (v0, c0), (v1, c1) in zip(table, table[1:]):
+        if v0 <= value <= v1:
+            if v1 == v0:
+                return c0
+            t = (value - v0) / (v1 - v0)
+            rgb0 = [int(x) for x in c0.split(":")]
+            rgb1 = [int(x) for x in c1.split(":")]
+            return ":".join(str(round(a + t * (b - a))) for a, b in zip(rgb0, rgb1))
+    return table[-1][1]

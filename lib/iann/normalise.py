@@ -1,0 +1,18 @@
+"""The band transform shared by training and classification."""
+
+import numpy as np
+
+
+def standardise(images, mean, std):
+    """(x - mean) / std per band, float32, NULL (NaN) cells set to 0 (the mean)."""
+    x = (np.asarray(images, dtype=np.float32) - mean) / std
+    return np.nan_to_num(x, copy=False, nan=0.0)
+
+
+def band_transform(statistics, band_indices=None):
+    """Mean and std arrays (float32) for the chosen bands of a dataset."""
+    mean = np.asarray(statistics["mean"], dtype=np.float32)
+    std = np.asarray(statistics["std"], dtype=np.float32)
+    if band_indices is not None:
+        mean, std = mean[band_indices], std[band_indices]
+    return mean, std
