@@ -110,8 +110,13 @@ def main(options, flags):
                 )
     except IannError as error:
         gs.fatal(str(error))
-    if gs.find_file(output, element="cell", mapset=".")["fullname"] and not gs.overwrite():
-        gs.fatal(_("Raster map <{}> exists; use --overwrite to replace it").format(output))
+    if (
+        gs.find_file(output, element="cell", mapset=".")["fullname"]
+        and not gs.overwrite()
+    ):
+        gs.fatal(
+            _("Raster map <{}> exists; use --overwrite to replace it").format(output)
+        )
 
     from iann.accuracy import accuracy_report, format_report, write_report
     from iann.bundle import load_bundle
@@ -123,8 +128,14 @@ def main(options, flags):
         gs.fatal(str(error))
     temporary = gs.append_node_pid("tmp_iann_classify")
     TEMPORARY_MAPS.append(temporary)
-    gs.message(_("Classifying {} x {} cells in tiles of {} cells (margin {})").format(
-        gs.region()["rows"], gs.region()["cols"], options["tile_size"], metadata["margin"]))
+    gs.message(
+        _("Classifying {} x {} cells in tiles of {} cells (margin {})").format(
+            gs.region()["rows"],
+            gs.region()["cols"],
+            options["tile_size"],
+            metadata["margin"],
+        )
+    )
     counter, cells = classify_region(
         model,
         metadata,
@@ -134,7 +145,11 @@ def main(options, flags):
         reference=reference,
     )
     if cells == 0:
-        gs.fatal(_("No cell of the region has data in all bands <{}>").format(",".join(bands)))
+        gs.fatal(
+            _("No cell of the region has data in all bands <{}>").format(
+                ",".join(bands)
+            )
+        )
     write_class_metadata(
         temporary,
         metadata,
@@ -143,7 +158,9 @@ def main(options, flags):
             os.path.abspath(options["model"]), ",".join(bands)
         ),
     )
-    gs.run_command("g.rename", raster=(temporary, output), overwrite=gs.overwrite(), quiet=True)
+    gs.run_command(
+        "g.rename", raster=(temporary, output), overwrite=gs.overwrite(), quiet=True
+    )
     TEMPORARY_MAPS.remove(temporary)
     gs.raster_history(output, overwrite=True)
     gs.message(_("Classified map written to <{}>").format(output))
@@ -151,15 +168,23 @@ def main(options, flags):
     if counter is not None:
         report = accuracy_report(counter, metadata["classes"])
         if report is None:
-            gs.warning(_("Reference map <{}> has no labelled cell where the map has data").format(reference))
+            gs.warning(
+                _(
+                    "Reference map <{}> has no labelled cell where the map has data"
+                ).format(reference)
+            )
             return 0
         report["map"] = output
         report["reference"] = reference
         report["model"] = os.path.abspath(options["model"])
         print(format_report(report))
         if report["unseen_reference_classes"]:
-            gs.warning(_("Reference map <{}> has classes the model never saw: {}").format(
-                reference, ", ".join(str(v) for v in report["unseen_reference_classes"])))
+            gs.warning(
+                _("Reference map <{}> has classes the model never saw: {}").format(
+                    reference,
+                    ", ".join(str(v) for v in report["unseen_reference_classes"]),
+                )
+            )
         if options["report"]:
             write_report(options["report"], report)
             gs.message(_("Accuracy report written to <{}>").format(options["report"]))
@@ -168,7 +193,9 @@ def main(options, flags):
 
 def cleanup():
     for name in TEMPORARY_MAPS:
-        gs.run_command("g.remove", type="raster", name=name, flags="f", quiet=True, errors="ignore")
+        gs.run_command(
+            "g.remove", type="raster", name=name, flags="f", quiet=True, errors="ignore"
+        )
 
 
 TEMPORARY_MAPS = []

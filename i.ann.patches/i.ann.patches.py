@@ -34,7 +34,7 @@
 # % key: output
 # % type: string
 # % required: yes
-# % gisprompt: new,dir,dir
+# % gisprompt: new,file,file
 # % label: Name of the patch dataset folder to create
 # % description: NumPy arrays and metadata.json, read by i.ann.train
 # % guisection: Output
@@ -113,7 +113,9 @@ def main(options, flags):
 
     bands = options["input"].split(",")
     try:
-        output = check_new_folder(options["output"], gs.overwrite(), _("Dataset folder"))
+        output = check_new_folder(
+            options["output"], gs.overwrite(), _("Dataset folder")
+        )
         arrays, metadata = create_patches(
             bands,
             options["reference"],
@@ -128,7 +130,9 @@ def main(options, flags):
         gs.fatal(str(error))
     counts = metadata["counts"]
     gs.message(
-        _("Wrote {} training and {} validation patches of {} x {} cells to <{}>").format(
+        _(
+            "Wrote {} training and {} validation patches of {} x {} cells to <{}>"
+        ).format(
             counts["train"]["patches"],
             counts["validation"]["patches"],
             metadata["patch_size"],
@@ -137,7 +141,9 @@ def main(options, flags):
         )
     )
     for c, n in zip(metadata["classes"], counts["train"]["pixels_per_class"]):
-        gs.verbose(_("Class {} ({}): {} training cells").format(c["value"], c["label"], n))
+        gs.verbose(
+            _("Class {} ({}): {} training cells").format(c["value"], c["label"], n)
+        )
 
 
 if __name__ == "__main__":

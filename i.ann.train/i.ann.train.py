@@ -30,7 +30,7 @@
 # % key: output
 # % type: string
 # % required: yes
-# % gisprompt: new,dir,dir
+# % gisprompt: new,file,file
 # % label: Name of the model bundle folder to create
 # % description: Keras model and metadata.json, read by i.ann.classify
 # % guisection: Output
@@ -135,8 +135,13 @@ def main(options, flags):
         gs.fatal(str(error))
     training = metadata["training"]
     gs.message(
-        _("Saved the model of epoch {} of {} (receptive field {} cells) to <{}>").format(
-            training["best_epoch"], training["epochs_run"], metadata["receptive_field"], output
+        _(
+            "Saved the model of epoch {} of {} (receptive field {} cells) to <{}>"
+        ).format(
+            training["best_epoch"],
+            training["epochs_run"],
+            metadata["receptive_field"],
+            output,
         )
     )
 

@@ -62,19 +62,31 @@ def accuracy_report(counter, classes):
     )
     support = [float(weights[y_true == v].sum()) for v in values]
     macro = precision_recall_fscore_support(
-        y_true, y_pred, labels=values, sample_weight=weights,
-        average="macro", zero_division=0,
+        y_true,
+        y_pred,
+        labels=values,
+        sample_weight=weights,
+        average="macro",
+        zero_division=0,
     )
     weighted = precision_recall_fscore_support(
-        y_true, y_pred, labels=values, sample_weight=weights,
-        average="weighted", zero_division=0,
+        y_true,
+        y_pred,
+        labels=values,
+        sample_weight=weights,
+        average="weighted",
+        zero_division=0,
     )
     matrix = confusion_matrix(y_true, y_pred, labels=values, sample_weight=weights)
     reference_totals = matrix.sum(axis=1)
     return {
         "cells": int(weights.sum()),
-        "overall_accuracy": float(accuracy_score(y_true, y_pred, sample_weight=weights)),
-        "kappa": float(cohen_kappa_score(y_true, y_pred, labels=values, sample_weight=weights)),
+        "overall_accuracy": float(
+            accuracy_score(y_true, y_pred, sample_weight=weights)
+        ),
+        "kappa": float(
+            cohen_kappa_score(y_true, y_pred, labels=values, sample_weight=weights)
+        ),
         "majority_share": float(reference_totals.max() / reference_totals.sum()),
         "macro_f1": float(macro[2]),
         "weighted_f1": float(weighted[2]),
@@ -121,8 +133,13 @@ def format_report(report):
     for c in report["classes"]:
         lines.append(
             "{:>6}  {:<{w}}  {:>9.4f}  {:>6.4f}  {:>6.4f}  {:>9}".format(
-                c["value"], c["label"], c["precision"], c["recall"], c["f1"],
-                c["support"], w=width,
+                c["value"],
+                c["label"],
+                c["precision"],
+                c["recall"],
+                c["f1"],
+                c["support"],
+                w=width,
             )
         )
     if report["unseen_reference_classes"]:
@@ -136,9 +153,13 @@ def format_report(report):
     lines.append("")
     lines.append("Confusion matrix (rows: reference, columns: map)")
     cell = max(7, max(len(str(x)) for row in matrix["matrix"] for x in row) + 1)
-    lines.append(" " * 7 + "".join("{:>{c}}".format(v, c=cell) for v in matrix["values"]))
+    lines.append(
+        " " * 7 + "".join("{:>{c}}".format(v, c=cell) for v in matrix["values"])
+    )
     for v, row in zip(matrix["values"], matrix["matrix"]):
-        lines.append("{:>7}".format(v) + "".join("{:>{c}}".format(x, c=cell) for x in row))
+        lines.append(
+            "{:>7}".format(v) + "".join("{:>{c}}".format(x, c=cell) for x in row)
+        )
     return "\n".join(lines)
 
 

@@ -42,9 +42,7 @@ def read_bundle_metadata(folder):
             _("<{}> is not a model bundle written by i.ann.train").format(folder)
         )
     if not os.path.isfile(os.path.join(folder, MODEL_FILE)):
-        raise IannError(
-            _("Model bundle <{}> has no {}").format(folder, MODEL_FILE)
-        )
+        raise IannError(_("Model bundle <{}> has no {}").format(folder, MODEL_FILE))
     return metadata
 
 
@@ -54,9 +52,7 @@ def load_bundle(folder):
 
     metadata = read_bundle_metadata(folder)
     try:
-        model = keras.saving.load_model(
-            os.path.join(folder, MODEL_FILE), compile=False
-        )
+        model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
     except Exception as error:  # noqa: BLE001 - any load failure means a bad file
         raise IannError(
             _("Cannot load the model of bundle <{}>: {}").format(folder, error)

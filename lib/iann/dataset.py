@@ -62,7 +62,7 @@ def read_reference(name):
         raise IannError(
             _(
                 "Reference map <{}> is not an integer map (type {}); "
-                "convert it with r.mapcalc \"ref = int(round(map))\""
+                'convert it with r.mapcalc "ref = int(round(map))"'
             ).format(name, info["datatype"])
         )
     reader = RowReader(name)

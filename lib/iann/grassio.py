@@ -155,8 +155,8 @@ def read_int_rows(reader, row_start, row_stop):
 
 
 def raster_info(name):
-    """r.info -g as a dict (datatype, resolution, range...)."""
-    return gs.parse_command("r.info", map=name, flags="g")
+    """r.info -gr as a dict (datatype, resolution, range...)."""
+    return gs.parse_command("r.info", map=name, flags="gr")
 
 
 def read_categories(name):

@@ -65,9 +65,7 @@ def classify_region(
                 if core_nulls.all():
                     continue
                 probabilities = predict_tile(model, block[:, left:right])
-                core = probabilities[
-                    row0 - low : row1 - low, col0 - left : col1 - left
-                ]
+                core = probabilities[row0 - low : row1 - low, col0 - left : col1 - left]
                 classes[:, col0:col1] = np.where(
                     core_nulls, CELL_NULL, values[np.argmax(core, axis=-1)]
                 )
@@ -93,7 +91,11 @@ def write_class_metadata(output, metadata, title, history):
         "{}|{}".format(c["value"], c["label"]) for c in metadata["classes"]
     )
     gs.write_command(
-        "r.category", map=output, rules="-", separator="pipe", stdin=categories,
+        "r.category",
+        map=output,
+        rules="-",
+        separator="pipe",
+        stdin=categories,
         quiet=True,
     )
     colors = [c for c in metadata["classes"] if c.get("color")]

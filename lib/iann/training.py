@@ -53,7 +53,9 @@ class PatchSequence(keras.utils.PyDataset):
         return int(np.ceil(len(self.order) / self.batch_size))
 
     def __getitem__(self, index):
-        batch = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        batch = np.sort(
+            self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        )
         x = standardise(self.images[batch], self.mean, self.std)
         codes = np.asarray(self.labels[batch])
         labelled = codes != UNLABELLED
@@ -221,14 +223,18 @@ def train(
             "learning_rate": learning_rate,
             "seed": seed,
             "epoch_seconds": progress.epoch_seconds,
-            "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+            "history": {
+                k: [float(v) for v in vals] for k, vals in history.history.items()
+            },
             "device": training_device(),
         },
         "dataset": {
             "path": dataset,
             "reference": data_meta["reference"],
             "region": data_meta["region"],
-            "sampling": {k: v for k, v in data_meta["sampling"].items() if k != "origins"},
+            "sampling": {
+                k: v for k, v in data_meta["sampling"].items() if k != "origins"
+            },
             "counts": data_meta["counts"],
             "software": data_meta["software"],
         },

@@ -1,0 +1,51 @@
+"""The accuracy report against numbers computed by hand."""
+
+import numpy as np
+import pytest
+
+from iann.accuracy import PairCounter, accuracy_report, format_report
+from iann.grassio import CELL_NULL
+
+CLASSES = [{"value": 1, "label": "a"}, {"value": 2, "label": "b"}]
+
+
+def test_report_on_a_small_map():
+    # Confusion matrix (rows reference, columns map): [[3, 1], [2, 4]].
+    reference = np.array([[1, 1, 1, 1, 2], [2, 2, 2, 2, 2]], dtype=np.int32)
+    mapped = np.array([[1, 1, 1, 2, 1], [1, 2, 2, 2, 2]], dtype=np.int32)
+    counter = PairCounter()
+    counter.add(reference[:1], mapped[:1])
+    counter.add(reference[1:], mapped[1:])
+    report = accuracy_report(counter, CLASSES)
+    assert report["cells"] == 10
+    assert report["overall_accuracy"] == pytest.approx(0.7)
+    # p_o = 0.7; p_e = (4*5 + 6*5) / 100 = 0.5; kappa = 0.2 / 0.5 = 0.4.
+    assert report["kappa"] == pytest.approx(0.4)
+    a, b = report["classes"]
+    assert a["precision"] == pytest.approx(3 / 5) and a["recall"] == pytest.approx(
+        3 / 4
+    )
+    assert b["precision"] == pytest.approx(4 / 5) and b["recall"] == pytest.approx(
+        4 / 6
+    )
+    assert a["f1"] == pytest.approx(2 * 0.6 * 0.75 / 1.35)
+    assert (a["support"], b["support"]) == (4, 6)
+    assert report["majority_share"] == pytest.approx(0.6)
+    assert report["confusion_matrix"]["matrix"] == [[3, 1], [2, 4]]
+    assert "Cohen's kappa:    0.4000" in format_report(report)
+
+
+def test_null_cells_are_left_out():
+    reference = np.array([1, CELL_NULL, 2, 2], dtype=np.int32)
+    mapped = np.array([1, 1, CELL_NULL, 2], dtype=np.int32)
+    counter = PairCounter()
+    counter.add(reference, mapped)
+    report = accuracy_report(counter, CLASSES)
+    assert report["cells"] == 2
+    assert report["overall_accuracy"] == 1.0
+
+
+def test_no_cells_gives_no_report():
+    counter = PairCounter()
+    counter.add(np.array([CELL_NULL]), np.array([1]))
+    assert accuracy_report(counter, CLASSES) is None
