@@ -15,7 +15,7 @@
 ############################################################################
 
 # %module
-# % description: Classifies image bands with a network trained by i.ann.train, tile by tile, and reports its accuracy.
+# % description: Classifies imagery with a network from i.ann.train; reports accuracy.
 # % keyword: imagery
 # % keyword: classification
 # % keyword: deep learning

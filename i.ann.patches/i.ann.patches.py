@@ -15,7 +15,7 @@
 ############################################################################
 
 # %module
-# % description: Samples image patches and reference labels for training a fully convolutional network.
+# % description: Samples image patches and reference labels to train a neural network.
 # % keyword: imagery
 # % keyword: classification
 # % keyword: deep learning

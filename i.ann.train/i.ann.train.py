@@ -15,7 +15,7 @@
 ############################################################################
 
 # %module
-# % description: Trains a fully convolutional network for land-cover mapping on patches from i.ann.patches.
+# % description: Trains a fully convolutional network on patches from i.ann.patches.
 # % keyword: imagery
 # % keyword: classification
 # % keyword: deep learning
