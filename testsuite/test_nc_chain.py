@@ -1,0 +1,75 @@
+"""The whole chain on the real North Carolina Landsat 7 scene.
+
+Patches come from three quarters of the scene (blocks of 64 x 64 cells,
+under a MASK), the map is assessed on the held-out quarter: the network
+must beat the share of the majority class there, with a short training.
+"""
+
+import json
+import subprocess
+
+import numpy as np
+
+import grass.script as gs
+
+from conftest import REPO, read_map, run_ok
+
+BANDS = ",".join("lsat7_2000_{}".format(b) for b in (10, 20, 30, 40, 50, 70))
+HELD_OUT = "(int((row() - 1) / 64) * 7 + int((col() - 1) / 64) * 3) % 4 == 0"
+
+
+def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
+    subprocess.run(
+        ["bash", str(REPO / "demo" / "import_nc.sh"), str(nc_data)],
+        check=True,
+        capture_output=True,
+    )
+    info = gs.raster_info("landclass96")
+    assert (int(info["rows"]), int(info["cols"])) == (443, 489)
+    gs.mapcalc("training_blocks = if({}, null(), 1)".format(HELD_OUT), quiet=True)
+    gs.mapcalc("heldout_ref = if({}, landclass96, null())".format(HELD_OUT), quiet=True)
+    gs.run_command("r.mask", raster="training_blocks", quiet=True)
+    run_ok(
+        "i.ann.patches",
+        input=BANDS,
+        reference="landclass96",
+        output=tmp_path / "patches",
+        size=32,
+        number=500,
+        seed=1,
+    )
+    gs.run_command("r.mask", flags="r", quiet=True)
+    meta = json.loads((tmp_path / "patches" / "metadata.json").read_text())
+    assert [c["label"] for c in meta["classes"]][:2] == ["developed", "agriculture"]
+    # Bands 1-5 are FCELL maps (band 7 is CELL): stored as float32.
+    assert meta["image_dtype"] == "float32"
+    # No training patch touches a held-out block.
+    blocks = read_map("training_blocks", null=0, dtype=np.int32)
+    for part in ("train", "validation"):
+        for row, col in meta["sampling"]["origins"][part]:
+            assert blocks[row : row + 32, col : col + 32].all()
+
+    run_ok(
+        "i.ann.train",
+        input=tmp_path / "patches",
+        output=tmp_path / "model",
+        filters=16,
+        epochs=5,
+        batch_size=16,
+        seed=1,
+    )
+    result = run_ok(
+        "i.ann.classify",
+        input=BANDS,
+        model=tmp_path / "model",
+        output="landcover",
+        reference="heldout_ref",
+        report=tmp_path / "r.json",
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    print(result.stdout)
+    assert report["cells"] > 20000
+    assert report["overall_accuracy"] > report["majority_share"] + 0.03
+    assert report["kappa"] > 0.2
+    labels = gs.read_command("r.category", map="landcover", separator="pipe")
+    assert "5|forest" in labels
