@@ -22,12 +22,27 @@
 # % keyword: land cover
 # %end
 # %option G_OPT_R_INPUTS
+# % required: no
 # % description: Name of the image bands (optical and height), in a fixed order
+# % guisection: Input
+# %end
+# %option G_OPT_I_GROUP
+# % required: no
+# % description: Imagery group of the bands (members in i.group -g order)
 # % guisection: Input
 # %end
 # %option G_OPT_R_INPUT
 # % key: reference
 # % description: Integer map of reference classes (NULL: unlabelled)
+# % guisection: Input
+# %end
+# %option
+# % key: resample
+# % type: string
+# % required: no
+# % answer: bilinear
+# % options: nearest,bilinear,bicubic
+# % description: Interpolation of bands coarser than the region (r.resamp.interp)
 # % guisection: Input
 # %end
 # %option
@@ -49,6 +64,24 @@
 # % guisection: Sampling
 # %end
 # %option
+# % key: sampling
+# % type: string
+# % required: no
+# % answer: random
+# % options: random,grid,balanced
+# % description: How patch positions are drawn
+# % descriptions: random;uniformly among the patches that fit;grid;on a regular grid of stride cells;balanced;stratified by the class of the centre cell, for rare classes
+# % guisection: Sampling
+# %end
+# %option
+# % key: stride
+# % type: integer
+# % required: no
+# % options: 1-100000
+# % description: Grid step in cells for sampling=grid (default: the patch size)
+# % guisection: Sampling
+# %end
+# %option
 # % key: number
 # % type: integer
 # % required: no
@@ -67,6 +100,29 @@
 # % guisection: Sampling
 # %end
 # %option
+# % key: split
+# % type: string
+# % required: no
+# % answer: blocks
+# % options: blocks,random
+# % description: How patches are split into training and validation
+# % descriptions: blocks;whole spatial blocks go to one side, no overlap;random;patches at random (validation may overlap training)
+# % guisection: Sampling
+# %end
+# %option
+# % key: block_size
+# % type: double
+# % required: no
+# % description: Side of the split's blocks in map units (default: 4 patch sizes)
+# % guisection: Sampling
+# %end
+# %option G_OPT_R_OUTPUT
+# % key: validation_map
+# % required: no
+# % description: Raster map of the split (1: validation blocks, 0: training)
+# % guisection: Output
+# %end
+# %option
 # % key: min_labelled
 # % type: double
 # % required: no
@@ -83,7 +139,22 @@
 # % description: Seed of the random number generator (same seed, same patches)
 # % guisection: Sampling
 # %end
+# %flag
+# % key: n
+# % description: Keep patches with NULL band cells (filled with the band mean, masked)
+# % guisection: Sampling
+# %end
+# %flag
+# % key: p
+# % description: Print the patch counts per class and split, write nothing
+# % guisection: Output
+# %end
+# %rules
+# % exclusive: input, group
+# % required: input, group
+# %end
 
+import atexit
 import os
 import sys
 
@@ -105,18 +176,43 @@ def import_library():
         sys.path.insert(0, path)
 
 
+def group_bands(group):
+    """Members of an imagery group, in the group's order."""
+    if not gs.find_file(group, element="group")["fullname"]:
+        gs.fatal(_("Imagery group <{}> not found").format(group))
+    members = gs.read_command("i.group", group=group, flags="g").split()
+    if not members:
+        gs.fatal(_("Imagery group <{}> has no raster maps").format(group))
+    return members
+
+
 def main(options, flags):
     import_library()
-    from iann.dataset import create_patches, write_dataset
+    from iann.dataset import create_patches, summary, write_dataset
+    from iann.dataset import write_validation_map
     from iann.errors import IannError
     from iann.folders import check_new_folder
 
-    bands = options["input"].split(",")
-    try:
-        output = check_new_folder(
-            options["output"], gs.overwrite(), _("Dataset folder")
+    bands = options["input"].split(",") if options["input"] else None
+    bands = bands or group_bands(options["group"])
+    validation_map = options["validation_map"]
+    if validation_map and options["split"] != "blocks":
+        gs.fatal(_("validation_map needs split=blocks"))
+    if (
+        validation_map
+        and gs.find_file(validation_map, element="cell", mapset=".")["fullname"]
+        and not gs.overwrite()
+    ):
+        gs.fatal(
+            _("Raster map <{}> exists; use --overwrite to replace it").format(
+                validation_map
+            )
         )
-        arrays, metadata = create_patches(
+    try:
+        output = options["output"]
+        if not flags["p"]:
+            output = check_new_folder(output, gs.overwrite(), _("Dataset folder"))
+        plan = create_patches(
             bands,
             options["reference"],
             size=int(options["size"]),
@@ -124,10 +220,24 @@ def main(options, flags):
             validation=float(options["validation"]),
             seed=int(options["seed"]),
             min_labelled=float(options["min_labelled"]),
+            sampling=options["sampling"],
+            stride=int(options["stride"]) if options["stride"] else None,
+            split=options["split"],
+            block_size=float(options["block_size"]) if options["block_size"] else None,
+            resample=options["resample"],
+            keep_nulls=flags["n"],
+            temporary_maps=TEMPORARY_MAPS,
         )
-        write_dataset(output, arrays, metadata, overwrite=gs.overwrite())
+        metadata = plan["metadata"]
+        if flags["p"]:
+            print(summary(metadata))
+            return 0
+        write_dataset(output, plan, overwrite=gs.overwrite())
     except IannError as error:
         gs.fatal(str(error))
+    if validation_map:
+        write_validation_map(validation_map, plan["validation_cells"])
+        gs.raster_history(validation_map, overwrite=True)
     counts = metadata["counts"]
     gs.message(
         _(
@@ -140,11 +250,20 @@ def main(options, flags):
             output,
         )
     )
-    for c, n in zip(metadata["classes"], counts["train"]["pixels_per_class"]):
-        gs.verbose(
-            _("Class {} ({}): {} training cells").format(c["value"], c["label"], n)
+    gs.verbose(summary(metadata))
+    return 0
+
+
+def cleanup():
+    for name in TEMPORARY_MAPS:
+        gs.run_command(
+            "g.remove", type="raster", name=name, flags="f", quiet=True, errors="ignore"
         )
 
 
+TEMPORARY_MAPS = []
+
 if __name__ == "__main__":
-    sys.exit(main(*gs.parser()))
+    options, flags = gs.parser()
+    atexit.register(cleanup)
+    sys.exit(main(options, flags))

@@ -220,6 +220,230 @@ def test_fewer_patches_than_asked_warns(mapset, tmp_path):
         size=10,
         number=50,
         min_labelled=0,
+        split="random",
     )
-    assert "WARNING" in result.stderr and "Only 9 patches" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "WARNING" in message and "Only 9 patches could be sampled, 50" in message
     assert load(tmp_path / "few")[0]["counts"]["train"]["patches"] == 7
+
+
+def origins_of(meta, part):
+    return np.array(meta["sampling"]["origins"][part]).reshape(-1, 2)
+
+
+def test_group_gives_the_same_bands(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    gs.run_command("i.group", group="g", input=",".join(bands), quiet=True)
+    run_ok(
+        "i.ann.patches",
+        group="g",
+        reference=reference,
+        output=tmp_path / "g",
+        size=8,
+        number=10,
+    )
+    run_ok(
+        "i.ann.patches",
+        input=",".join(bands),
+        reference=reference,
+        output=tmp_path / "i",
+        size=8,
+        number=10,
+    )
+    meta_g, arrays_g = load(tmp_path / "g")
+    meta_i, arrays_i = load(tmp_path / "i")
+    assert [b["name"] for b in meta_g["bands"]] == [b["name"] for b in meta_i["bands"]]
+    np.testing.assert_array_equal(arrays_g["train_images"], arrays_i["train_images"])
+    assert_fails(
+        run(
+            "i.ann.patches",
+            group="nogroup",
+            reference=reference,
+            output=tmp_path / "x",
+            size=8,
+        ),
+        "nogroup",
+    )
+
+
+def test_grid_sampling(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    run_ok(
+        "i.ann.patches",
+        input=",".join(bands),
+        reference=reference,
+        output=tmp_path / "d",
+        size=8,
+        number=1000,
+        sampling="grid",
+        stride=6,
+        split="random",
+        min_labelled=0,
+    )
+    meta, _ = load(tmp_path / "d")
+    origins = np.concatenate([origins_of(meta, p) for p in ("train", "validation")])
+    assert (origins % 6 == 0).all()
+    # Every grid position whose patch fits (rows 0..52, cols 0..72) is used.
+    assert len(origins) == len(range(0, 53, 6)) * len(range(0, 73, 6))
+
+
+def test_balanced_sampling_favours_rare_classes(mapset, tmp_path):
+    bands, _ = make_synthetic()
+    gs.mapcalc(
+        "rare = if(row() % 20 < 2 && col() % 20 < 2, 3, if(s_b1 > 120, 1, 2))",
+        quiet=True,
+    )
+    shares = {}
+    for method in ("random", "balanced"):
+        run_ok(
+            "i.ann.patches",
+            input=",".join(bands),
+            reference="rare",
+            output=tmp_path / method,
+            size=9,
+            number=120,
+            sampling=method,
+            split="random",
+            validation=0,
+        )
+        meta, arrays = load(tmp_path / method)
+        centres = arrays["train_labels"][:, 4, 4]
+        shares[method] = np.bincount(centres, minlength=3) / len(centres)
+    # Class 3 covers 1% of the cells: random sampling barely sees it at the
+    # centre, balanced sampling gives it as many patches as its cells allow.
+    assert shares["random"][2] < 0.05
+    assert shares["balanced"][2] >= 0.15
+    assert shares["balanced"][2] > 5 * shares["random"][2]
+    assert abs(shares["balanced"][0] - shares["balanced"][1]) < 0.1
+
+
+def test_block_split_never_overlaps(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    run_ok(
+        "i.ann.patches",
+        input=",".join(bands),
+        reference=reference,
+        output=tmp_path / "b",
+        size=8,
+        number=200,
+        validation=0.3,
+        block_size=480,
+        validation_map="split_map",
+        seed=2,
+    )
+    meta, arrays = load(tmp_path / "b")
+    assert meta["sampling"]["split"] == "blocks"
+    assert meta["sampling"]["block_cells"] == [16, 16]
+    assert arrays["validation_images"].shape[0] > 0
+    split_map = read_map("split_map", dtype=np.int32)
+    covered = {}
+    for part, side in (("train", 0), ("validation", 1)):
+        cells = np.zeros(split_map.shape, dtype=bool)
+        for row, col in origins_of(meta, part):
+            cells[row : row + 8, col : col + 8] = True
+        assert (split_map[cells] == side).all()
+        covered[part] = cells
+    assert not (covered["train"] & covered["validation"]).any()
+    assert "validation" in gs.read_command("r.category", map="split_map")
+
+
+def test_keep_null_patches_filled_and_masked(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    gs.mapcalc("holed = if(col() % 10 == 0, null(), s_b1)", quiet=True)
+    result = run(
+        "i.ann.patches",
+        input="holed," + bands[1],
+        reference=reference,
+        output=tmp_path / "skip",
+        size=12,
+        number=20,
+    )
+    assert_fails(result, "No patch")
+    run_ok(
+        "i.ann.patches",
+        "n",
+        input="holed," + bands[1],
+        reference=reference,
+        output=tmp_path / "keep",
+        size=12,
+        number=20,
+        split="random",
+    )
+    meta, arrays = load(tmp_path / "keep")
+    holed = read_map("holed", null=np.nan)
+    for i, (row, col) in enumerate(origins_of(meta, "train")):
+        nulls = np.isnan(holed[row : row + 12, col : col + 12])
+        assert nulls.any()
+        patch = arrays["train_images"][i, ..., 0]
+        assert np.allclose(patch[nulls], meta["statistics"]["mean"][0])
+        assert (arrays["train_labels"][i][nulls] == 255).all()
+
+
+def test_min_labelled(mapset, tmp_path):
+    bands, _ = make_synthetic()
+    gs.mapcalc("sparse = if(col() < 20, 1, if(col() > 60, 2, null()))", quiet=True)
+    run_ok(
+        "i.ann.patches",
+        input=",".join(bands),
+        reference="sparse",
+        output=tmp_path / "s",
+        size=16,
+        number=50,
+        min_labelled=75,
+        split="random",
+    )
+    _, arrays = load(tmp_path / "s")
+    for labels in arrays["train_labels"]:
+        assert (labels != 255).mean() >= 0.75
+
+
+def test_coarser_band_is_interpolated(mapset, tmp_path):
+    # A 0.5 m ramp read into a 0.25 m region: bilinear interpolation of a
+    # linear ramp is exact away from the edges; nearest gives steps.
+    gs.run_command("g.region", n=40, s=0, e=40, w=0, res=0.5)
+    gs.mapcalc("ramp = x()", quiet=True)
+    gs.run_command("g.region", res=0.25)
+    gs.mapcalc("fine = x() * 0 + row()", quiet=True)
+    gs.mapcalc("labels = 1 + (col() % 2)", quiet=True)
+    for method in ("bilinear", "nearest"):
+        run_ok(
+            "i.ann.patches",
+            input="ramp,fine",
+            reference="labels",
+            output=tmp_path / method,
+            size=16,
+            number=30,
+            resample=method,
+            split="random",
+        )
+    meta, arrays = load(tmp_path / "bilinear")
+    assert meta["bands"][0]["resolution"] == [0.5, 0.5]
+    assert meta["bands"][0]["resampled"] == "bilinear"
+    assert meta["bands"][1]["resampled"] is None
+    for i, (row, col) in enumerate(origins_of(meta, "train")):
+        x = (col + np.arange(16) + 0.5) * 0.25
+        inner = (x > 0.5) & (x < 39.5)
+        np.testing.assert_allclose(
+            arrays["train_images"][i, 0, inner, 0], x[inner], atol=1e-4
+        )
+    meta_n, arrays_n = load(tmp_path / "nearest")
+    assert meta_n["bands"][0]["resampled"] is None
+    steps = arrays_n["train_images"][0, 0, :, 0]
+    assert len(np.unique(steps)) <= 9
+    assert gs.list_strings("raster", pattern="iann_resampled*", mapset=".") == []
+
+
+def test_print_only(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    result = run_ok(
+        "i.ann.patches",
+        "p",
+        input=",".join(bands),
+        reference=reference,
+        output=tmp_path / "none",
+        size=8,
+        number=30,
+    )
+    assert "Patches:" in result.stdout and "water" in result.stdout
+    assert "unlabelled" in result.stdout
+    assert not (tmp_path / "none").exists()

@@ -132,17 +132,16 @@ class RowWriter:
             self.fd = None
 
 
-def read_rows(readers, row_start, row_stop, out=None):
-    """Read rows [row_start, row_stop) of several maps into (rows, cols, bands)."""
-    n_rows = row_stop - row_start
+def read_rows(readers, row_start, row_stop):
+    """Read rows [row_start, row_stop) of several maps: (bands, rows, cols).
+
+    Band-major, so that every row is read straight into contiguous memory.
+    """
     cols = readers[0].cols
-    if out is None:
-        out = np.empty((n_rows, cols, len(readers)), dtype=np.float32)
-    line = np.empty(cols, dtype=np.float32)
+    out = np.empty((len(readers), row_stop - row_start, cols), dtype=np.float32)
     for band, reader in enumerate(readers):
-        for i in range(n_rows):
-            reader.read_float(row_start + i, line)
-            out[i, :, band] = line
+        for i in range(row_stop - row_start):
+            reader.read_float(row_start + i, out[band, i])
     return out
 
 

@@ -55,8 +55,8 @@ def classify_region(
             row1 = min(rows, row0 + tile_size)
             low, high = max(0, row0 - margin), min(rows, row1 + margin)
             block = read_rows(readers, low, high)
-            nulls = np.isnan(block).any(axis=2)
-            block = standardise(block, mean, std)
+            nulls = np.isnan(block).any(axis=0)
+            block = standardise(np.moveaxis(block, 0, -1), mean, std)
             classes = np.full((row1 - row0, cols), CELL_NULL, dtype=np.int32)
             for col0 in range(0, cols, tile_size):
                 col1 = min(cols, col0 + tile_size)
