@@ -22,26 +22,78 @@
 # % keyword: land cover
 # %end
 # %option G_OPT_R_INPUTS
+# % required: no
 # % description: Name of the image bands, in the order the model was trained with
+# % guisection: Input
+# %end
+# %option G_OPT_I_GROUP
+# % required: no
+# % description: Imagery group of the bands (members in i.group -g order)
 # % guisection: Input
 # %end
 # %option G_OPT_M_DIR
 # % key: model
+# % required: no
 # % description: Model bundle folder written by i.ann.train
 # % guisection: Input
 # %end
+# %option
+# % key: normalize
+# % type: string
+# % required: no
+# % answer: model
+# % options: model,image
+# % description: Band statistics used to standardise the input
+# % descriptions: model;those of the training data (same imagery);image;recomputed on the input (other sensor or bit depth)
+# % guisection: Input
+# %end
 # %option G_OPT_R_OUTPUT
+# % required: no
 # % description: Name of the classified raster map
+# % guisection: Output
+# %end
+# %option
+# % key: probabilities
+# % type: string
+# % required: no
+# % description: Basename of the probability maps, one FCELL map per class (basename_<value>)
+# % guisection: Output
+# %end
+# %option G_OPT_R_OUTPUT
+# % key: uncertainty
+# % required: no
+# % description: Name of the uncertainty map (0: certain, 1: uncertain)
+# % guisection: Output
+# %end
+# %option
+# % key: uncertainty_method
+# % type: string
+# % required: no
+# % answer: entropy
+# % options: entropy,margin
+# % description: Measure of uncertainty
+# % descriptions: entropy;entropy of the class probabilities over its maximum;margin;1 minus the margin between the two most probable classes
+# % guisection: Output
+# %end
+# %option G_OPT_R_INPUT
+# % key: segments
+# % required: no
+# % description: Segment map (e.g. from i.segment): each segment gets the class of highest mean probability
 # % guisection: Output
 # %end
 # %option
 # % key: tile_size
 # % type: integer
 # % required: no
-# % answer: 256
+# % answer: 512
 # % options: 16-8192
 # % description: Size in cells of the tiles predicted at once (without their margin)
-# % guisection: Output
+# % guisection: Tiling
+# %end
+# %option G_OPT_MEMORYMB
+# % answer: 1024
+# % description: Memory in MB for the tile buffers (the tile size is reduced to fit)
+# % guisection: Tiling
 # %end
 # %option G_OPT_R_INPUT
 # % key: reference
@@ -55,8 +107,40 @@
 # % description: JSON file for the accuracy report
 # % guisection: Accuracy
 # %end
+# %option G_OPT_F_OUTPUT
+# % key: plot
+# % required: no
+# % description: PNG file of the normalised confusion matrix
+# % guisection: Accuracy
+# %end
+# %option G_OPT_R_INPUT
+# % key: classified
+# % required: no
+# % description: Existing classified map to assess with -e (no prediction)
+# % guisection: Accuracy
+# %end
+# %flag
+# % key: t
+# % description: Test-time augmentation: average the 8 flips and rotations of each tile
+# % guisection: Output
+# %end
+# %flag
+# % key: n
+# % description: Recompute the band statistics on the input (same as normalize=image)
+# % guisection: Input
+# %end
+# %flag
+# % key: e
+# % description: Only assess the map given by classified= against reference= (no prediction)
+# % guisection: Accuracy
+# %end
 # %rules
+# % exclusive: input, group
 # % requires: report, reference
+# % requires: plot, reference
+# % requires: -e, classified
+# % requires: -e, reference
+# % requires: classified, -e
 # %end
 
 import atexit
@@ -81,121 +165,287 @@ def import_library():
         sys.path.insert(0, path)
 
 
-def main(options, flags):
-    import_library()
-    from iann.bundle import read_bundle_metadata
-    from iann.errors import IannError
-    from iann.grassio import raster_info, require_rasters
+def group_bands(group):
+    """Members of an imagery group, in the group's order."""
+    if not gs.find_file(group, element="group")["fullname"]:
+        gs.fatal(_("Imagery group <{}> not found").format(group))
+    return gs.read_command("i.group", group=group, flags="g").split()
 
-    output = options["output"]
-    bands = options["input"].split(",")
-    reference = options["reference"] or None
-    try:
-        metadata = read_bundle_metadata(options["model"])
-        bands = require_rasters(bands)
-        if len(bands) != len(metadata["bands"]):
-            raise IannError(
-                _("Model <{}> was trained on {} bands ({}), {} were given").format(
-                    options["model"],
-                    len(metadata["bands"]),
-                    ",".join(b["name"] for b in metadata["bands"]),
-                    len(bands),
-                )
-            )
-        if reference:
-            (reference,) = require_rasters([reference])
-            if raster_info(reference)["datatype"] != "CELL":
-                raise IannError(
-                    _("Reference map <{}> is not an integer map").format(reference)
-                )
-    except IannError as error:
-        gs.fatal(str(error))
+
+def check_new_map(name):
     if (
-        gs.find_file(output, element="cell", mapset=".")["fullname"]
+        name
+        and gs.find_file(name, element="cell", mapset=".")["fullname"]
         and not gs.overwrite()
     ):
         gs.fatal(
-            _("Raster map <{}> exists; use --overwrite to replace it").format(output)
+            _("Raster map <{}> exists; use --overwrite to replace it").format(name)
         )
 
-    from iann.accuracy import accuracy_report, format_report, write_report
-    from iann.bundle import load_bundle
-    from iann.prediction import classify_region, write_class_metadata
+
+def main(options, flags):
+    import_library()
+    from iann.errors import IannError
 
     try:
-        metadata, model = load_bundle(options["model"])
+        if flags["e"]:
+            return assess_only(options)
+        return classify(options, flags)
     except IannError as error:
         gs.fatal(str(error))
+
+
+def check_reference(reference):
+    from iann.errors import IannError
+    from iann.grassio import raster_info, require_rasters
+
+    (reference,) = require_rasters([reference])
+    if raster_info(reference)["datatype"] != "CELL":
+        raise IannError(_("Reference map <{}> is not an integer map").format(reference))
+    return reference
+
+
+def assess_only(options):
+    """The accuracy report of an existing map (-e)."""
+    from iann.grassio import read_categories, require_rasters
+
+    (classified,) = require_rasters([options["classified"]])
+    reference = check_reference(options["reference"])
+    labels = read_categories(classified)
+    labels.update(
+        {k: v for k, v in read_categories(reference).items() if k not in labels}
+    )
+    classes = [{"value": v, "label": labels[v]} for v in sorted(labels)]
+    report_accuracy(options, classified, reference, classes, counter=None)
+    return 0
+
+
+def classify(options, flags):
+    from iann.bundle import load_bundle, read_bundle_metadata
+    from iann.dataset import resampled_bands
+    from iann.errors import IannError
+    from iann.grassio import require_rasters
+    from iann.prediction import (
+        classify_region,
+        image_statistics,
+        write_class_metadata,
+        write_segment_classes,
+    )
+
+    output = options["output"]
+    if not output:
+        raise IannError(_("Option <output> is required (or -e to assess a map)"))
+    if not options["model"]:
+        raise IannError(_("Option <model> is required"))
+    if not (options["input"] or options["group"]):
+        raise IannError(_("Option <input> or <group> is required"))
+    bands = options["input"].split(",") if options["input"] else None
+    bands = bands or group_bands(options["group"])
+    reference = options["reference"] or None
+    segments = options["segments"] or None
+    metadata = read_bundle_metadata(options["model"])
+    bands = require_rasters(bands)
+    if len(bands) != len(metadata["bands"]):
+        raise IannError(
+            _("Model <{}> was trained on {} bands ({}), {} were given").format(
+                options["model"],
+                len(metadata["bands"]),
+                ",".join(b["name"] for b in metadata["bands"]),
+                len(bands),
+            )
+        )
+    if reference:
+        reference = check_reference(reference)
+    if segments:
+        (segments,) = require_rasters([segments])
+    values = [c["value"] for c in metadata["classes"]]
+    probability_maps = (
+        ["{}_{}".format(options["probabilities"], v) for v in values]
+        if options["probabilities"]
+        else []
+    )
+    for name in [output, options["uncertainty"]] + probability_maps:
+        check_new_map(name)
+
+    metadata, model = load_bundle(options["model"])
+    normalisation = None
+    if flags["n"] or options["normalize"] == "image":
+        normalisation = image_statistics(bands)
+        gs.verbose(_("Band statistics recomputed on the input"))
+    method = (
+        metadata.get("dataset", {}).get("sampling", {}).get("resample") or "bilinear"
+    )
+    readable, _records = resampled_bands(bands, method, TEMPORARY_MAPS)
+
     temporary = gs.append_node_pid("tmp_iann_classify")
-    TEMPORARY_MAPS.append(temporary)
+    pixel_map = temporary + "_pixels" if segments else temporary
+    temporary_probabilities = [temporary + "_p{}".format(v) for v in values]
+    temporary_probabilities = temporary_probabilities if probability_maps else []
+    temporary_uncertainty = temporary + "_u" if options["uncertainty"] else None
+    TEMPORARY_MAPS.extend(
+        [temporary, temporary_uncertainty]
+        + temporary_probabilities
+        + ([pixel_map] if segments else [])
+    )
+    region = gs.region()
     gs.message(
-        _("Classifying {} x {} cells in tiles of {} cells (margin {})").format(
-            gs.region()["rows"],
-            gs.region()["cols"],
-            options["tile_size"],
-            metadata["margin"],
+        _("Classifying {} x {} cells with <{}> (margin {} cells)").format(
+            region["rows"], region["cols"], options["model"], metadata["margin"]
         )
     )
-    counter, cells = classify_region(
+    result = classify_region(
         model,
         metadata,
-        bands,
-        temporary,
+        readable,
+        pixel_map,
         tile_size=int(options["tile_size"]),
-        reference=reference,
+        reference=None if segments else reference,
+        probabilities=temporary_probabilities,
+        uncertainty=temporary_uncertainty,
+        uncertainty_method=options["uncertainty_method"],
+        augment=flags["t"],
+        normalisation=normalisation,
+        memory_mb=int(options["memory"]),
+        segments=segments,
     )
-    if cells == 0:
-        gs.fatal(
+    if result["cells"] == 0:
+        raise IannError(
             _("No cell of the region has data in all bands <{}>").format(
                 ",".join(bands)
             )
         )
+    gs.verbose(_("Tiles of {} cells").format(result["tile_size"]))
+    counter = result["counter"]
+    if segments:
+        counter = write_segment_classes(
+            temporary, segments, result["segment_sums"], values, reference
+        )
+    history = "i.ann.classify model={} input={}{}".format(
+        os.path.abspath(options["model"]),
+        ",".join(bands),
+        " segments={}".format(segments) if segments else "",
+    )
     write_class_metadata(
         temporary,
         metadata,
         title="Land cover classified by i.ann ({})".format(metadata["architecture"]),
-        history="i.ann.classify model={} input={}".format(
-            os.path.abspath(options["model"]), ",".join(bands)
-        ),
+        history=history,
     )
-    gs.run_command(
-        "g.rename", raster=(temporary, output), overwrite=gs.overwrite(), quiet=True
-    )
-    TEMPORARY_MAPS.remove(temporary)
-    gs.raster_history(output, overwrite=True)
+    renames = [(temporary, output)]
+    for temp, name, c in zip(
+        temporary_probabilities, probability_maps, metadata["classes"]
+    ):
+        gs.run_command(
+            "r.support",
+            map=temp,
+            title="Probability of class {} ({})".format(c["value"], c["label"]),
+            history=history,
+        )
+        gs.run_command("r.colors", map=temp, color="viridis", quiet=True)
+        renames.append((temp, name))
+    if temporary_uncertainty:
+        gs.run_command(
+            "r.support",
+            map=temporary_uncertainty,
+            title="Uncertainty ({}) of the i.ann classification".format(
+                options["uncertainty_method"]
+            ),
+            history=history,
+        )
+        gs.run_command("r.colors", map=temporary_uncertainty, color="magma", quiet=True)
+        renames.append((temporary_uncertainty, options["uncertainty"]))
+    for temp, name in renames:
+        gs.run_command("g.rename", raster=(temp, name), overwrite=True, quiet=True)
+        TEMPORARY_MAPS.remove(temp)
+        gs.raster_history(name, overwrite=True)
     gs.message(_("Classified map written to <{}>").format(output))
-
-    if counter is not None:
-        report = accuracy_report(counter, metadata["classes"])
-        if report is None:
-            gs.warning(
-                _(
-                    "Reference map <{}> has no labelled cell where the map has data"
-                ).format(reference)
-            )
-            return 0
-        report["map"] = output
-        report["reference"] = reference
-        report["model"] = os.path.abspath(options["model"])
-        print(format_report(report))
-        if report["unseen_reference_classes"]:
-            gs.warning(
-                _("Reference map <{}> has classes the model never saw: {}").format(
-                    reference,
-                    ", ".join(str(v) for v in report["unseen_reference_classes"]),
-                )
-            )
-        if options["report"]:
-            write_report(options["report"], report)
-            gs.message(_("Accuracy report written to <{}>").format(options["report"]))
+    if probability_maps:
+        gs.message(
+            _("Probability maps written to <{}>").format(",".join(probability_maps))
+        )
+    if options["uncertainty"]:
+        gs.message(_("Uncertainty map written to <{}>").format(options["uncertainty"]))
+    if reference:
+        report_accuracy(options, output, reference, metadata["classes"], counter)
     return 0
+
+
+def report_accuracy(options, classified, reference, classes, counter):
+    """Print the accuracy report; write it as JSON and a plot when asked."""
+    from iann.accuracy import (
+        PairCounter,
+        accuracy_report,
+        format_report,
+        plot_confusion,
+        write_report,
+    )
+    from iann.grassio import RowReader, read_int_rows
+
+    if counter is None:
+        counter = PairCounter()
+        readers = [RowReader(classified), RowReader(reference)]
+        rows = gs.region()["rows"]
+        try:
+            for row0 in range(0, rows, 256):
+                row1 = min(rows, row0 + 256)
+                mapped, truth = (read_int_rows(r, row0, row1) for r in readers)
+                counter.add(truth, mapped)
+        finally:
+            for reader in readers:
+                reader.close()
+    region = gs.region()
+    mapped_cells = {
+        int(value): int(count)
+        for value, count in (
+            line.split()
+            for line in gs.read_command(
+                "r.stats", input=classified, flags="cn", quiet=True
+            ).splitlines()
+        )
+    }
+    report = accuracy_report(
+        counter,
+        classes,
+        mapped_cells=mapped_cells,
+        cell_area=region["nsres"] * region["ewres"],
+    )
+    if report is None:
+        gs.warning(
+            _("Reference map <{}> has no labelled cell where <{}> has data").format(
+                reference, classified
+            )
+        )
+        return
+    report["map"] = classified
+    report["reference"] = reference
+    if options["model"]:
+        report["model"] = os.path.abspath(options["model"])
+    print(format_report(report))
+    if report["unseen_reference_classes"]:
+        gs.warning(
+            _("Reference map <{}> has classes the model never saw: {}").format(
+                reference, ", ".join(str(v) for v in report["unseen_reference_classes"])
+            )
+        )
+    if options["report"]:
+        write_report(options["report"], report)
+        gs.message(_("Accuracy report written to <{}>").format(options["report"]))
+    if options["plot"]:
+        plot_confusion(options["plot"], report)
+        gs.message(_("Confusion matrix plot written to <{}>").format(options["plot"]))
 
 
 def cleanup():
     for name in TEMPORARY_MAPS:
-        gs.run_command(
-            "g.remove", type="raster", name=name, flags="f", quiet=True, errors="ignore"
-        )
+        if name:
+            gs.run_command(
+                "g.remove",
+                type="raster",
+                name=name,
+                flags="f",
+                quiet=True,
+                errors="ignore",
+            )
 
 
 TEMPORARY_MAPS = []

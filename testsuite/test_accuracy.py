@@ -49,3 +49,28 @@ def test_no_cells_gives_no_report():
     counter = PairCounter()
     counter.add(np.array([CELL_NULL]), np.array([1]))
     assert accuracy_report(counter, CLASSES) is None
+
+
+def test_area_adjusted_estimates_by_hand():
+    # The same sample (rows reference, columns map: [[3, 1], [2, 4]]) from a
+    # map of 800 cells of class 1 and 200 of class 2. Stratum weights
+    # W = (0.8, 0.2); n_i. = (5, 5); p_ij = W_i n_ij / n_i. (i map, j ref):
+    # [[0.48, 0.32], [0.04, 0.16]].
+    reference = np.array([1, 1, 1, 1, 2, 2, 2, 2, 2, 2], dtype=np.int32)
+    mapped = np.array([1, 1, 1, 2, 1, 1, 2, 2, 2, 2], dtype=np.int32)
+    counter = PairCounter()
+    counter.add(reference, mapped)
+    report = accuracy_report(counter, CLASSES, mapped_cells={1: 800, 2: 200})
+    adjusted = report["area_adjusted"]
+    assert adjusted["overall_accuracy"] == pytest.approx(0.64)
+    # V(O) = sum W_i^2 U_i (1 - U_i) / (n_i. - 1) = 0.0384 + 0.0016 = 0.04.
+    assert adjusted["overall_accuracy_ci95"] == pytest.approx(1.96 * 0.2)
+    one, two = adjusted["classes"]
+    assert one["area"] == pytest.approx(520) and two["area"] == pytest.approx(480)
+    # V(p.1) = 0.64 * 0.6 * 0.4 / 4 + 0.04 * 0.2 * 0.8 / 4 = 0.04.
+    assert one["area_ci95"] == pytest.approx(1.96 * 0.2 * 1000)
+    assert one["users_accuracy"] == pytest.approx(0.6)
+    assert one["users_accuracy_ci95"] == pytest.approx(1.96 * np.sqrt(0.24 / 4))
+    assert one["producers_accuracy"] == pytest.approx(0.48 / 0.52)
+    assert two["producers_accuracy"] == pytest.approx(0.16 / 0.48)
+    assert "Area-adjusted" in format_report(report)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 import grass.script as gs
@@ -152,4 +153,194 @@ def test_bad_input_leaves_no_map(mapset, tmp_path, trained_bundle):
         "No cell",
     )
     assert not raster_exists("out")
+    assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+
+
+def test_probabilities_and_uncertainty(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.mapcalc("b1_holed = if(row() == 7, null(), s_b1)", quiet=True)
+    run_ok(
+        "i.ann.classify",
+        input="b1_holed," + bands[1],
+        model=trained_bundle,
+        output="cls",
+        probabilities="prob",
+        uncertainty="unc",
+        tile_size=32,
+    )
+    probs = np.stack(
+        [read_map("prob_{}".format(v), null=np.nan) for v in (11, 21, 31)], axis=-1
+    )
+    assert gs.raster_info("prob_21")["datatype"] == "FCELL"
+    assert np.isnan(probs[6]).all()
+    valid = probs[~np.isnan(probs[..., 0])]
+    np.testing.assert_allclose(valid.sum(axis=-1), 1.0, atol=1e-4)
+    assert valid.min() >= 0 and valid.max() <= 1
+    classes = read_map("cls", null=-1, dtype=np.int32)
+    expected = np.array([11, 21, 31])[np.nanargmax(np.nan_to_num(probs, nan=-1), -1)]
+    keep = classes != -1
+    np.testing.assert_array_equal(classes[keep], expected[keep])
+    unc = read_map("unc", null=np.nan)
+    p = np.clip(probs, 1e-12, 1)
+    entropy = -(p * np.log(p)).sum(-1) / np.log(3)
+    np.testing.assert_allclose(unc[keep], entropy[keep], atol=1e-4)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="cls2",
+        probabilities="prob2",
+        uncertainty="margin_unc",
+        uncertainty_method="margin",
+    )
+    probs = np.stack([read_map("prob2_{}".format(v)) for v in (11, 21, 31)], -1)
+    margin = read_map("margin_unc")
+    top = np.sort(probs, axis=-1)
+    ok = ~np.isnan(top[..., 0])
+    np.testing.assert_allclose(
+        margin[ok], (1 - (top[..., -1] - top[..., -2]))[ok], atol=1e-4
+    )
+
+
+def test_test_time_augmentation_matches_the_library(mapset, trained_bundle):
+    import keras
+
+    from iann.normalise import standardise
+    from iann.prediction import predict_tile
+
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=30, cols=40)
+    run_ok(
+        "i.ann.classify",
+        "t",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="tta",
+        probabilities="tp",
+        tile_size=4096,
+    )
+    meta = json.loads((trained_bundle / "metadata.json").read_text())
+    model = keras.saving.load_model(trained_bundle / "model.keras")
+    stack = np.stack([read_map(b, null=np.nan) for b in bands], -1).astype("f4")
+    x = standardise(
+        stack,
+        np.array(meta["normalisation"]["mean"], "f4"),
+        np.array(meta["normalisation"]["std"], "f4"),
+    )
+    expected = predict_tile(model, x, augment=True)
+    plain = predict_tile(model, x, augment=False)
+    got = np.stack([read_map("tp_{}".format(v)) for v in (11, 21, 31)], -1)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert np.abs(expected - plain).max() > 1e-3
+
+
+def test_segments_take_the_class_of_highest_mean_probability(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.mapcalc("segs = int((row() - 1) / 6) * 100 + int((col() - 1) / 5)", quiet=True)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="obj",
+        probabilities="sp",
+        segments="segs",
+    )
+    segs = read_map("segs", dtype=np.int32)
+    obj = read_map("obj", null=-1, dtype=np.int32)
+    probs = np.stack([read_map("sp_{}".format(v)) for v in (11, 21, 31)], -1)
+    for seg in np.unique(segs)[::7]:
+        cells = segs == seg
+        assert len(np.unique(obj[cells])) == 1
+        mean = probs[cells].mean(axis=0)
+        assert obj[cells][0] == [11, 21, 31][int(np.argmax(mean))]
+    assert "segments=" in gs.read_command("r.info", map="obj", flags="h")
+
+
+def test_normalize_image_transfers_to_rescaled_bands(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.mapcalc("scaled1 = s_b1 * 2.5 + 300", quiet=True)
+    gs.mapcalc("scaled2 = s_b2 * 0.5 - 20", quiet=True)
+    run_ok("i.ann.classify", input=",".join(bands), model=trained_bundle, output="orig")
+    run_ok(
+        "i.ann.classify",
+        "n",
+        input="scaled1,scaled2",
+        model=trained_bundle,
+        output="transfer",
+    )
+    run_ok(
+        "i.ann.classify", input="scaled1,scaled2", model=trained_bundle, output="naive"
+    )
+    orig = read_map("orig", dtype=np.int32)
+    assert (read_map("transfer", dtype=np.int32) == orig).mean() > 0.95
+    assert (read_map("naive", dtype=np.int32) == orig).mean() < 0.8
+
+
+def test_assess_existing_map_and_plot(mapset, tmp_path, trained_bundle):
+    bands, reference = make_synthetic()
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="cls",
+        reference=reference,
+        report=tmp_path / "a.json",
+        plot=tmp_path / "cm.png",
+    )
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = run_ok(
+        "i.ann.classify",
+        "e",
+        classified="cls",
+        reference=reference,
+        report=tmp_path / "b.json",
+    )
+    assert "Overall accuracy" in result.stdout
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    for key in ("overall_accuracy", "kappa", "macro_f1", "confusion_matrix"):
+        assert a[key] == b[key]
+    assert a["area_adjusted"]["overall_accuracy"] == pytest.approx(
+        b["area_adjusted"]["overall_accuracy"]
+    )
+
+
+def test_small_memory_gives_the_same_map(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", cols=400)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="big",
+        memory=1024,
+    )
+    result = run_ok(
+        "i.ann.classify",
+        "verbose",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="small",
+        memory=1,
+    )
+    # 400 columns x 4 bytes x (82 rows x 2 bands x 2 + 32 rows x 4 outputs)
+    # = 730 kB fit in 1 MB; tiles of 64 cells would need 1.14 MB.
+    assert "Tiles of 32 cells" in result.stderr
+    np.testing.assert_array_equal(read_map("big"), read_map("small"))
+
+
+def test_failure_restores_region_and_leaves_nothing(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    before = gs.region()
+    result = run(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="never",
+        probabilities="neverp",
+        segments="nosegments",
+    )
+    assert_fails(result, "nosegments")
+    assert gs.region() == before
+    assert gs.list_strings("raster", pattern="never*", mapset=".") == []
     assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []

@@ -37,11 +37,13 @@ class PairCounter:
         return pairs[:, 0], pairs[:, 1], weights
 
 
-def accuracy_report(counter, classes):
+def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
     """Overall accuracy, kappa, per-class precision/recall/F1/support, matrix.
 
     `classes` are the model's classes (value, label); reference values the
-    model never saw are added to the table and listed as unseen.
+    model never saw are added to the table and listed as unseen. With
+    `mapped_cells` ({value: cells of the whole map}), the area-adjusted
+    estimates are added.
     """
     from sklearn.metrics import (
         accuracy_score,
@@ -79,7 +81,11 @@ def accuracy_report(counter, classes):
     )
     matrix = confusion_matrix(y_true, y_pred, labels=values, sample_weight=weights)
     reference_totals = matrix.sum(axis=1)
+    adjusted = None
+    if mapped_cells:
+        adjusted = area_adjusted(matrix, values, mapped_cells, cell_area)
     return {
+        "area_adjusted": adjusted,
         "cells": int(weights.sum()),
         "overall_accuracy": float(
             accuracy_score(y_true, y_pred, sample_weight=weights)
@@ -109,6 +115,84 @@ def accuracy_report(counter, classes):
             "matrix": matrix.astype(np.int64).tolist(),
         },
     }
+
+
+def area_adjusted(matrix, values, mapped_cells, cell_area):
+    """Area-adjusted accuracy and class areas (Olofsson et al. 2014).
+
+    The reference cells are taken as a sample stratified by map class, the
+    strata weighted by the mapped share of each class. `matrix` has the
+    reference in rows and the map in columns; `mapped_cells` maps class
+    value to its cell count in the whole map. Returns estimates with 95%
+    confidence intervals (1.96 standard errors).
+    """
+    n = np.asarray(matrix, dtype=np.float64).T  # rows: map class i, cols: ref j
+    mapped = np.array([mapped_cells.get(v, 0) for v in values], dtype=np.float64)
+    total = mapped.sum()
+    weights = mapped / total
+    n_i = n.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(n_i[:, None] > 0, n / n_i[:, None], 0.0)
+        p = weights[:, None] * share
+        ref_share = p.sum(axis=0)  # estimated reference proportion of class j
+        dof = np.where(n_i > 1, n_i - 1, np.nan)
+        users = np.where(n_i > 0, np.diag(share), np.nan)
+        producers = np.where(ref_share > 0, np.diag(p) / ref_share, np.nan)
+        overall = float(np.trace(p))
+        var_overall = np.nansum(weights**2 * users * (1 - users) / dof)
+        var_users = users * (1 - users) / dof
+        var_ref_share = np.nansum(
+            (weights[:, None] ** 2) * share * (1 - share) / dof[:, None], axis=0
+        )
+        est_ref_cells = (mapped[:, None] * share).sum(axis=0)
+        var_producers = []
+        for j in range(len(values)):
+            others = sum(
+                mapped[i] ** 2 * share[i, j] * (1 - share[i, j]) / dof[i]
+                for i in range(len(values))
+                if i != j and n_i[i] > 1
+            )
+            own = (
+                mapped[j] ** 2
+                * (1 - producers[j]) ** 2
+                * users[j]
+                * (1 - users[j])
+                / dof[j]
+            )
+            var_producers.append(
+                (own + producers[j] ** 2 * others) / est_ref_cells[j] ** 2
+            )
+    half = 1.96
+    classes = []
+    for j, value in enumerate(values):
+        area = ref_share[j] * total * cell_area
+        classes.append(
+            {
+                "value": int(value),
+                "mapped_area": float(mapped[j] * cell_area),
+                "area": float(area),
+                "area_ci95": float(
+                    half * np.sqrt(var_ref_share[j]) * total * cell_area
+                ),
+                "users_accuracy": _number(users[j]),
+                "users_accuracy_ci95": _number(half * np.sqrt(var_users[j])),
+                "producers_accuracy": _number(producers[j]),
+                "producers_accuracy_ci95": _number(half * np.sqrt(var_producers[j])),
+            }
+        )
+    return {
+        "method": "Olofsson et al. (2014), strata: map classes",
+        "overall_accuracy": overall,
+        "overall_accuracy_ci95": float(half * np.sqrt(var_overall)),
+        "map_area": float(total * cell_area),
+        "classes": classes,
+    }
+
+
+def _number(x):
+    """A float for JSON, None for NaN."""
+    x = float(x)
+    return None if np.isnan(x) else x
 
 
 def format_report(report):
@@ -149,6 +233,34 @@ def format_report(report):
                 ", ".join(str(v) for v in report["unseen_reference_classes"])
             )
         )
+    adjusted = report.get("area_adjusted")
+    if adjusted:
+        lines.append("")
+        lines.append(
+            "Area-adjusted (Olofsson et al. 2014): overall accuracy "
+            "{:.4f} +/- {:.4f} (95% CI)".format(
+                adjusted["overall_accuracy"], adjusted["overall_accuracy_ci95"]
+            )
+        )
+        header = "{:>6}  {:>14}  {:>22}  {:>15}  {:>15}".format(
+            "value",
+            "mapped area",
+            "estimated area +/- CI",
+            "user's +/- CI",
+            "producer's +/- CI",
+        )
+        lines.append(header)
+        lines.append("-" * len(header))
+        for c in adjusted["classes"]:
+            lines.append(
+                "{:>6}  {:>14.0f}  {:>22}  {:>15}  {:>15}".format(
+                    c["value"],
+                    c["mapped_area"],
+                    "{:.0f} +/- {:.0f}".format(c["area"], c["area_ci95"]),
+                    _pm(c["users_accuracy"], c["users_accuracy_ci95"]),
+                    _pm(c["producers_accuracy"], c["producers_accuracy_ci95"]),
+                )
+            )
     matrix = report["confusion_matrix"]
     lines.append("")
     lines.append("Confusion matrix (rows: reference, columns: map)")
@@ -161,6 +273,50 @@ def format_report(report):
             "{:>7}".format(v) + "".join("{:>{c}}".format(x, c=cell) for x in row)
         )
     return "\n".join(lines)
+
+
+def _pm(value, ci):
+    if value is None:
+        return "-"
+    return "{:.3f} +/- {:.3f}".format(value, ci or 0.0)
+
+
+def plot_confusion(path, report):
+    """The confusion matrix normalised by reference class, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(report["confusion_matrix"]["matrix"], dtype=np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    labels = [c["label"] for c in report["classes"]]
+    size = 1.2 + 0.7 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("map")
+    ax.set_ylabel("reference")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                "{:.2f}".format(normalised[i, j]),
+                ha="center",
+                va="center",
+                color="white" if normalised[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
+    ax.set_title(
+        "OA {:.3f}, kappa {:.3f}".format(report["overall_accuracy"], report["kappa"])
+    )
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of reference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_report(path, report):

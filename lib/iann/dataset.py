@@ -47,16 +47,15 @@ ARRAYS = {
 }
 
 
-def read_bands(bands, method, temporary_maps):
-    """Bands on the region's grid as (bands, rows, cols) float32, NaN = NULL.
+def start_resampling(bands, method, temporary_maps):
+    """Start interpolating bands coarser than the region, in the background.
 
     A band whose cells are larger than the region's is interpolated with
     `method` (nearest, bilinear, bicubic) by r.resamp.interp into a
     temporary map, whose name is appended to `temporary_maps` for the caller
-    to remove; the interpolation runs in the background while the other
-    bands are read. Other bands are read as they are (GRASS reads them on
-    the region's grid, taking the nearest cell). Returns the stack and, per
-    band, a record of what was done and its r.info.
+    to remove. Other bands are read as they are (GRASS reads them on the
+    region's grid, taking the nearest cell). Returns, per band, a record of
+    what is done and its r.info, and the running processes by band index.
     """
     region = gs.region()
     records, infos, running = [], [], {}
@@ -95,17 +94,40 @@ def read_bands(bands, method, temporary_maps):
                     overwrite=True,
                 ),
             )
+    return records, infos, running
+
+
+def finish_resampling(bands, index, running):
+    """Wait for a band's interpolation; the name of the map to read."""
+    if index not in running:
+        return bands[index]
+    name, process = running[index]
+    if process.wait() != 0:
+        raise IannError(
+            _("Resampling of <{}> with r.resamp.interp failed").format(bands[index])
+        )
+    return name
+
+
+def resampled_bands(bands, method, temporary_maps):
+    """The maps to read for `bands` on the region's grid (see start_resampling)."""
+    records, _infos, running = start_resampling(bands, method, temporary_maps)
+    return [finish_resampling(bands, i, running) for i in range(len(bands))], records
+
+
+def read_bands(bands, method, temporary_maps):
+    """Bands on the region's grid as (bands, rows, cols) float32, NaN = NULL.
+
+    Bands coarser than the region are interpolated (see start_resampling)
+    in the background while the others are read. Returns the stack and the
+    per-band records and r.info.
+    """
+    region = gs.region()
+    records, infos, running = start_resampling(bands, method, temporary_maps)
     stack = np.empty((len(bands), region["rows"], region["cols"]), dtype=np.float32)
     order = [i for i in range(len(bands)) if i not in running] + list(running)
     for i in order:
-        name = bands[i]
-        if i in running:
-            name, process = running[i]
-            if process.wait() != 0:
-                raise IannError(
-                    _("Resampling of <{}> with r.resamp.interp failed").format(bands[i])
-                )
-        reader = RowReader(name)
+        reader = RowReader(finish_resampling(bands, i, running))
         try:
             stack[i] = read_rows([reader], 0, region["rows"])[0]
         finally:

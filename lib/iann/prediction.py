@@ -6,7 +6,7 @@ tile is predicted with the same margin left and right, and only the tile's
 core is kept. Inside the region every output cell thus sees its whole
 receptive field, and the result does not depend on the tile size; at the
 region's edges the network pads with zeros itself, as on a training patch.
-Memory holds one tile row, whatever the size of the region.
+Memory holds one tile row, whatever the number of rows of the region.
 """
 
 import numpy as np
@@ -14,13 +14,110 @@ import numpy as np
 import grass.script as gs
 
 from .accuracy import PairCounter
+from .errors import IannError
 from .grassio import CELL_NULL, RowReader, RowWriter, read_int_rows, read_rows
 from .normalise import standardise
 
+UNCERTAINTY_METHODS = ("entropy", "margin")
 
-def predict_tile(model, tile):
-    """Class probabilities (rows, cols, classes) of one standardised tile."""
-    return np.asarray(model.predict_on_batch(tile[np.newaxis]))[0]
+
+def dihedral(array, k):
+    """One of the 8 flips and 90-degree rotations of (rows, cols, ...)."""
+    out = np.rot90(array, k % 4, axes=(0, 1))
+    return out[:, ::-1] if k >= 4 else out
+
+
+def undo_dihedral(array, k):
+    """The inverse of dihedral(array, k)."""
+    out = array[:, ::-1] if k >= 4 else array
+    return np.rot90(out, -(k % 4), axes=(0, 1))
+
+
+def predict_tile(model, tile, augment=False):
+    """Class probabilities (rows, cols, classes) of one standardised tile.
+
+    With `augment`, the mean over the 8 flips and rotations of the tile
+    (test-time augmentation), each mapped back before averaging.
+    """
+    if not augment:
+        return np.asarray(model.predict_on_batch(tile[np.newaxis]))[0]
+    total = None
+    for k in range(8):
+        out = np.asarray(
+            model.predict_on_batch(np.ascontiguousarray(dihedral(tile, k))[None])
+        )[0]
+        out = undo_dihedral(out, k)
+        total = out if total is None else total + out
+    return total / 8
+
+
+def uncertainty_of(probabilities, method):
+    """Per-cell uncertainty in 0..1: normalised entropy or 1 - top-2 margin."""
+    if method == "entropy":
+        p = np.clip(probabilities, 1e-12, 1.0)
+        entropy = -(p * np.log(p)).sum(axis=-1)
+        return entropy / np.log(probabilities.shape[-1])
+    top = np.sort(probabilities, axis=-1)
+    return 1.0 - (top[..., -1] - top[..., -2])
+
+
+def tile_rows_for_memory(tile_size, margin, cols, n_bands, n_outputs, memory_mb):
+    """Largest tile size <= tile_size whose tile-row buffers fit in memory_mb.
+
+    A tile row holds (tile + 2 margin) rows of every band twice (as read and
+    standardised, float32) and tile rows of every output (float32).
+    """
+    budget = memory_mb * 2**20
+
+    def needed(tile):
+        return cols * 4 * ((tile + 2 * margin) * n_bands * 2 + tile * n_outputs)
+
+    tile = tile_size
+    while tile > 16 and needed(tile) > budget:
+        tile //= 2
+    return tile
+
+
+def image_statistics(bands):
+    """Mean and standard deviation of each band over the region (r.univar)."""
+    means, stds = [], []
+    for name in bands:
+        stats = gs.parse_command("r.univar", map=name, flags="g")
+        if int(stats.get("n", 0)) == 0:
+            raise IannError(_("Raster map <{}> has no data in the region").format(name))
+        means.append(float(stats["mean"]))
+        stds.append(float(stats["stddev"]) or 1.0)
+    return np.asarray(means, np.float32), np.asarray(stds, np.float32)
+
+
+class OutputMaps:
+    """The row writers of the class map and optional probability/uncertainty maps."""
+
+    def __init__(self, classes, probabilities=None, uncertainty=None):
+        self.writers = {"classes": RowWriter(classes, "CELL")}
+        self.probabilities = probabilities or []
+        for i, name in enumerate(self.probabilities):
+            self.writers[i] = RowWriter(name, "FCELL")
+        if uncertainty:
+            self.writers["uncertainty"] = RowWriter(uncertainty, "FCELL")
+
+    def write(self, classes, probabilities, uncertainty):
+        for line in classes:
+            self.writers["classes"].write(line)
+        for i in range(len(self.probabilities)):
+            for line in probabilities[..., i]:
+                self.writers[i].write(line)
+        if "uncertainty" in self.writers:
+            for line in uncertainty:
+                self.writers["uncertainty"].write(line)
+
+    def close(self):
+        for writer in self.writers.values():
+            writer.close()
+
+    def discard(self):
+        for writer in self.writers.values():
+            writer.discard()
 
 
 def classify_region(
@@ -30,24 +127,50 @@ def classify_region(
     output,
     tile_size=256,
     reference=None,
+    probabilities=None,
+    uncertainty=None,
+    uncertainty_method="entropy",
+    augment=False,
+    normalisation=None,
+    memory_mb=None,
+    segments=None,
 ):
     """Write the classified map `output` (CELL, class values) on the region.
 
-    Returns a PairCounter of (reference, map) values when `reference` is
-    given. The output map is written row by row; on any error it is
-    discarded, never left half-written.
+    `probabilities` is a list of FCELL map names, one per class, and
+    `uncertainty` an FCELL map name; `normalisation` (mean, std) replaces
+    the bundle's; `segments` names a segment map whose sums of class
+    probabilities are returned for an object-based map. Returns a dict with
+    the PairCounter of (reference, map) values when `reference` is given,
+    the number of cells with data, per-class mapped cell counts, the tile
+    size used and the per-segment probability sums. All maps are written
+    row by row; on any error they are discarded, never left half-written.
     """
     region = gs.region()
     rows, cols = region["rows"], region["cols"]
     margin = int(metadata["margin"])
-    mean = np.asarray(metadata["normalisation"]["mean"], dtype=np.float32)
-    std = np.asarray(metadata["normalisation"]["std"], dtype=np.float32)
+    if normalisation is None:
+        mean = np.asarray(metadata["normalisation"]["mean"], dtype=np.float32)
+        std = np.asarray(metadata["normalisation"]["std"], dtype=np.float32)
+    else:
+        mean, std = normalisation
     values = np.array([c["value"] for c in metadata["classes"]], dtype=np.int32)
+    n_classes = len(values)
+    if memory_mb:
+        n_outputs = 1 + len(probabilities or []) + (1 if uncertainty else 0)
+        n_outputs += n_classes  # the probabilities of a tile row, always held
+        tile_size = tile_rows_for_memory(
+            tile_size, margin, cols, len(bands), n_outputs, memory_mb
+        )
     counter = PairCounter() if reference else None
+    mapped = np.zeros(n_classes, dtype=np.int64)
+    segment_sums = {} if segments else None
 
     readers = [RowReader(name) for name in bands]
-    reference_reader = RowReader(reference) if reference else None
-    writer = RowWriter(output, "CELL")
+    extra = [RowReader(name) for name in (reference, segments) if name]
+    reference_reader = extra[0] if reference else None
+    segment_reader = extra[-1] if segments else None
+    outputs = OutputMaps(output, probabilities, uncertainty)
     tile_rows = list(range(0, rows, tile_size))
     cells_with_data = 0
     try:
@@ -58,31 +181,98 @@ def classify_region(
             nulls = np.isnan(block).any(axis=0)
             block = standardise(np.moveaxis(block, 0, -1), mean, std)
             classes = np.full((row1 - row0, cols), CELL_NULL, dtype=np.int32)
+            probs = np.full((row1 - row0, cols, n_classes), np.nan, np.float32)
             for col0 in range(0, cols, tile_size):
                 col1 = min(cols, col0 + tile_size)
                 left, right = max(0, col0 - margin), min(cols, col1 + margin)
                 core_nulls = nulls[row0 - low : row1 - low, col0:col1]
                 if core_nulls.all():
                     continue
-                probabilities = predict_tile(model, block[:, left:right])
-                core = probabilities[row0 - low : row1 - low, col0 - left : col1 - left]
-                classes[:, col0:col1] = np.where(
-                    core_nulls, CELL_NULL, values[np.argmax(core, axis=-1)]
-                )
+                tile_probs = predict_tile(model, block[:, left:right], augment)
+                core = tile_probs[row0 - low : row1 - low, col0 - left : col1 - left]
+                core = np.where(core_nulls[..., None], np.nan, core)
+                probs[:, col0:col1] = core
+                best = np.argmax(np.nan_to_num(core, nan=0.0), axis=-1)
+                classes[:, col0:col1] = np.where(core_nulls, CELL_NULL, values[best])
                 cells_with_data += int((~core_nulls).sum())
-            for line in classes:
-                writer.write(line)
+                mapped += np.bincount(best[~core_nulls], minlength=n_classes)
+            unc = uncertainty_of(probs, uncertainty_method) if uncertainty else None
+            outputs.write(classes, probs, unc)
             if counter is not None:
                 counter.add(read_int_rows(reference_reader, row0, row1), classes)
+            if segment_sums is not None:
+                add_segment_sums(
+                    segment_sums, read_int_rows(segment_reader, row0, row1), probs
+                )
             gs.percent(done + 1, len(tile_rows), 1)
+    except BaseException:
+        outputs.discard()
+        raise
+    finally:
+        for reader in readers + extra:
+            reader.close()
+    outputs.close()
+    return {
+        "counter": counter,
+        "cells": cells_with_data,
+        "mapped_cells": mapped,
+        "tile_size": tile_size,
+        "segment_sums": segment_sums,
+    }
+
+
+def add_segment_sums(sums, segment_ids, probabilities):
+    """Add each segment's summed class probabilities and cell count."""
+    keep = (segment_ids != CELL_NULL) & ~np.isnan(probabilities[..., 0])
+    if not keep.any():
+        return
+    ids = segment_ids[keep]
+    unique, inverse = np.unique(ids, return_inverse=True)
+    totals = np.zeros((len(unique), probabilities.shape[-1]), dtype=np.float64)
+    np.add.at(totals, inverse, probabilities[keep])
+    for segment, total in zip(unique.tolist(), totals):
+        if segment in sums:
+            sums[segment] += total
+        else:
+            sums[segment] = total
+
+
+def write_segment_classes(output, segments, segment_sums, values, reference=None):
+    """Object-based map: each segment gets its class of highest mean probability.
+
+    Cells outside segments, or of segments without data, are NULL. Returns
+    a PairCounter against `reference` when given.
+    """
+    ids = np.array(sorted(segment_sums), dtype=np.int64)
+    best = np.array([values[np.argmax(segment_sums[i])] for i in ids], np.int32)
+    region = gs.region()
+    reader = RowReader(segments)
+    reference_reader = RowReader(reference) if reference else None
+    counter = PairCounter() if reference else None
+    writer = RowWriter(output, "CELL")
+    try:
+        for row in range(region["rows"]):
+            line = read_int_rows(reader, row, row + 1)[0]
+            position = np.searchsorted(ids, line)
+            position = np.clip(position, 0, max(len(ids) - 1, 0))
+            found = (
+                (line != CELL_NULL) & (ids[position] == line)
+                if len(ids)
+                else (np.zeros(line.shape, bool))
+            )
+            classes = np.where(found, best[position] if len(ids) else 0, CELL_NULL)
+            writer.write(classes)
+            if counter is not None:
+                counter.add(read_int_rows(reference_reader, row, row + 1)[0], classes)
     except BaseException:
         writer.discard()
         raise
     finally:
-        for reader in readers + ([reference_reader] if reference_reader else []):
-            reader.close()
+        reader.close()
+        if reference_reader:
+            reference_reader.close()
     writer.close()
-    return counter, cells_with_data
+    return counter
 
 
 def write_class_metadata(output, metadata, title, history):
