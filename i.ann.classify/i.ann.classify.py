@@ -90,6 +90,10 @@
 # % description: Size in cells of the tiles predicted at once (without their margin)
 # % guisection: Tiling
 # %end
+# %option G_OPT_M_NPROCS
+# % description: Number of processes, each classifying a strip of the region
+# % guisection: Tiling
+# %end
 # %option G_OPT_MEMORYMB
 # % answer: 1024
 # % description: Memory in MB for the tile buffers (the tile size is reduced to fit)
@@ -267,6 +271,9 @@ def classify(options, flags):
     for name in [output, options["uncertainty"]] + probability_maps:
         check_new_map(name)
 
+    nprocs = int(options["nprocs"])
+    if nprocs > 1 and segments:
+        raise IannError(_("segments= needs nprocs=1 (segments may span strips)"))
     metadata, model = load_bundle(options["model"])
     normalisation = None
     if flags["n"] or options["normalize"] == "image":
@@ -276,6 +283,11 @@ def classify(options, flags):
         metadata.get("dataset", {}).get("sampling", {}).get("resample") or "bilinear"
     )
     readable, _records = resampled_bands(bands, method, TEMPORARY_MAPS)
+    if nprocs > 1:
+        del model
+        return classify_in_strips(
+            options, flags, metadata, bands, readable, normalisation, nprocs
+        )
 
     temporary = gs.append_node_pid("tmp_iann_classify")
     pixel_map = temporary + "_pixels" if segments else temporary
@@ -370,6 +382,125 @@ def classify(options, flags):
     return 0
 
 
+def classify_in_strips(
+    options, flags, metadata, bands, readable, normalisation, nprocs
+):
+    """Run nprocs copies of the module, one per strip of rows, and merge them.
+
+    Each copy reads its strip plus the margin (GRASS_REGION), so the merged
+    cores equal a single run cell for cell. The same scheme splits a region
+    across machines (see the manual).
+    """
+    import json
+    import tempfile
+
+    from iann.bundle import METADATA, MODEL_FILE
+    from iann.errors import IannError
+    from iann.prediction import (
+        merge_strips,
+        strip_region_env,
+        strips,
+        write_class_metadata,
+    )
+
+    region = gs.region()
+    cores = strips(region["rows"], nprocs, int(metadata["margin"]))
+    bundle = options["model"]
+    work = tempfile.mkdtemp(prefix="i.ann.classify.")
+    TEMPORARY_FOLDERS.append(work)
+    if normalisation is not None:
+        # Statistics of the whole input, not of each strip: a bundle copy
+        # carries them to the workers.
+        bundle = os.path.join(work, "bundle")
+        os.makedirs(bundle)
+        os.symlink(
+            os.path.abspath(os.path.join(options["model"], MODEL_FILE)),
+            os.path.join(bundle, MODEL_FILE),
+        )
+        changed = dict(
+            metadata,
+            normalisation={
+                "method": "image",
+                "mean": normalisation[0].tolist(),
+                "std": normalisation[1].tolist(),
+            },
+        )
+        with open(os.path.join(bundle, METADATA), "w") as f:
+            json.dump(changed, f)
+    base = gs.append_node_pid("tmp_iann_strip")
+    values = [c["value"] for c in metadata["classes"]]
+    processes = []
+    gs.message(_("Classifying {} strips in {} processes").format(len(cores), nprocs))
+    for i, (_start, _stop, low, high) in enumerate(cores):
+        name = "{}_{}".format(base, i)
+        TEMPORARY_MAPS.append(name)
+        kwargs = dict(
+            input=",".join(readable),
+            model=bundle,
+            output=name,
+            tile_size=options["tile_size"],
+            memory=options["memory"],
+            uncertainty_method=options["uncertainty_method"],
+            nprocs=1,
+            quiet=True,
+            overwrite=True,
+        )
+        if options["probabilities"]:
+            kwargs["probabilities"] = name + "_p"
+            TEMPORARY_MAPS.extend("{}_p_{}".format(name, v) for v in values)
+        if options["uncertainty"]:
+            kwargs["uncertainty"] = name + "_u"
+            TEMPORARY_MAPS.append(name + "_u")
+        env = dict(os.environ, GRASS_REGION=strip_region_env(region, low, high))
+        processes.append(
+            gs.start_command(
+                "i.ann.classify", flags="t" if flags["t"] else "", env=env, **kwargs
+            )
+        )
+    failed = [p.wait() for p in processes]
+    if any(failed):
+        raise IannError(_("A strip of the region failed to classify"))
+    names = ["{}_{}".format(base, i) for i in range(len(cores))]
+    temporary = base + "_merged"
+    TEMPORARY_MAPS.append(temporary)
+    merge_strips(temporary, names, cores)
+    history = "i.ann.classify model={} input={} nprocs={}".format(
+        os.path.abspath(options["model"]), ",".join(bands), nprocs
+    )
+    write_class_metadata(
+        temporary,
+        metadata,
+        title="Land cover classified by i.ann ({})".format(metadata["architecture"]),
+        history=history,
+    )
+    renames = [(temporary, options["output"])]
+    if options["probabilities"]:
+        for v in values:
+            merged = "{}_p_{}".format(temporary, v)
+            TEMPORARY_MAPS.append(merged)
+            merge_strips(
+                merged, ["{}_p_{}".format(n, v) for n in names], cores, "FCELL"
+            )
+            gs.run_command("r.colors", map=merged, color="viridis", quiet=True)
+            renames.append((merged, "{}_{}".format(options["probabilities"], v)))
+    if options["uncertainty"]:
+        merged = temporary + "_u"
+        TEMPORARY_MAPS.append(merged)
+        merge_strips(merged, [n + "_u" for n in names], cores, "FCELL")
+        gs.run_command("r.colors", map=merged, color="magma", quiet=True)
+        renames.append((merged, options["uncertainty"]))
+    for temp, name in renames:
+        gs.run_command("g.rename", raster=(temp, name), overwrite=True, quiet=True)
+        TEMPORARY_MAPS.remove(temp)
+        gs.raster_history(name, overwrite=True)
+    gs.message(_("Classified map written to <{}>").format(options["output"]))
+    if options["reference"]:
+        report_accuracy(
+            options, options["output"], options["reference"], metadata["classes"], None
+        )
+    return 0
+
+
 def report_accuracy(options, classified, reference, classes, counter):
     """Print the accuracy report; write it as JSON and a plot when asked."""
     from iann.accuracy import (
@@ -436,6 +567,10 @@ def report_accuracy(options, classified, reference, classes, counter):
 
 
 def cleanup():
+    import shutil
+
+    for folder in TEMPORARY_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
     for name in TEMPORARY_MAPS:
         if name:
             gs.run_command(
@@ -449,6 +584,7 @@ def cleanup():
 
 
 TEMPORARY_MAPS = []
+TEMPORARY_FOLDERS = []
 
 if __name__ == "__main__":
     options, flags = gs.parser()

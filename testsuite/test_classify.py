@@ -344,3 +344,33 @@ def test_failure_restores_region_and_leaves_nothing(mapset, trained_bundle):
     assert gs.region() == before
     assert gs.list_strings("raster", pattern="never*", mapset=".") == []
     assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+
+
+def test_parallel_strips_equal_one_process(mapset, tmp_path, trained_bundle):
+    bands, reference = make_synthetic()
+    gs.run_command("g.region", rows=67, cols=45)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="one",
+        probabilities="p1",
+        tile_size=16,
+    )
+    result = run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="three",
+        probabilities="p3",
+        nprocs=3,
+        tile_size=16,
+        reference=reference,
+        report=tmp_path / "r.json",
+    )
+    assert "3 strips" in result.stderr
+    np.testing.assert_array_equal(read_map("one"), read_map("three"))
+    np.testing.assert_allclose(read_map("p1_21"), read_map("p3_21"), atol=1e-6)
+    assert "11|water" in gs.read_command("r.category", map="three", separator="pipe")
+    assert json.loads((tmp_path / "r.json").read_text())["cells"] > 0
+    assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []

@@ -221,6 +221,48 @@ def classify_region(
     }
 
 
+def strips(rows, parts, margin):
+    """Row strips of a region: (core start, core stop, read start, read stop).
+
+    Each strip is classified on its own, reading `margin` rows beyond its
+    core on both sides (within the region), so that the cores put together
+    equal the classification of the whole region.
+    """
+    bounds = np.linspace(0, rows, parts + 1).round().astype(int)
+    return [
+        (int(a), int(b), max(0, int(a) - margin), min(rows, int(b) + margin))
+        for a, b in zip(bounds[:-1], bounds[1:])
+        if b > a
+    ]
+
+
+def strip_region_env(region, read_start, read_stop):
+    """GRASS_REGION for the rows [read_start, read_stop) of `region`."""
+    return gs.region_env(
+        n=region["n"] - read_start * region["nsres"],
+        s=region["n"] - read_stop * region["nsres"],
+        w=region["w"],
+        e=region["e"],
+        nsres=region["nsres"],
+        ewres=region["ewres"],
+    )
+
+
+def merge_strips(output, strip_maps, cores, mtype="CELL"):
+    """Put the cores of the strip maps together into `output` (r.mapcalc).
+
+    The strip maps overlap by their margins; each row of the output is
+    taken from the strip whose core holds it.
+    """
+    expression = strip_maps[-1]
+    for name, (_start, stop, _low, _high) in zip(strip_maps[-2::-1], cores[-2::-1]):
+        expression = "if(row() <= {}, {}, {})".format(stop, name, expression)
+    cast = "int" if mtype == "CELL" else "float"
+    gs.mapcalc(
+        "{} = {}({})".format(output, cast, expression), overwrite=True, quiet=True
+    )
+
+
 def add_segment_sums(sums, segment_ids, probabilities):
     """Add each segment's summed class probabilities and cell count."""
     keep = (segment_ids != CELL_NULL) & ~np.isnan(probabilities[..., 0])
