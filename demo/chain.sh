@@ -33,7 +33,7 @@ r.colors --quiet landclass96_heldout raster=landclass96
 echo "== i.ann.patches (training blocks only)"
 r.mask --quiet raster=training_blocks
 i.ann.patches --overwrite input="$bands" reference=landclass96 \
-    output="$work/patches" size=32 number=1500 validation=0.2 seed=1
+    output="$work/patches" size=32 number=1500 validation=0.2 block_size=1824 seed=1
 r.mask --quiet -r
 
 echo "== i.ann.train"
