@@ -158,8 +158,13 @@ def import_library():
     """Put the i.ann library on sys.path, from the source tree or the install."""
     here = os.path.dirname(os.path.realpath(__file__))
     source = os.path.join(os.path.dirname(here), "lib")
+    # Installed: <addon base>/scripts/<module> beside <addon base>/etc/i.ann,
+    # found even when GRASS_ADDON_BASE points elsewhere (grass-session).
+    installed = os.path.join(os.path.dirname(here), "etc", "i.ann")
     if os.path.isdir(os.path.join(source, "iann")):
         sys.path.insert(0, source)
+    elif os.path.isdir(os.path.join(installed, "iann")):
+        sys.path.insert(0, installed)
     else:
         from grass.script.utils import get_lib_path
 

@@ -84,3 +84,23 @@ def test_install_and_remove_in_other_addon_base(grass_session, tmp_path):
     for module in MODULES:
         assert not (base / "scripts" / module).exists()
         assert not (base / "docs" / "html" / (module + ".html")).exists()
+
+
+def test_library_found_when_addon_base_points_elsewhere(grass_session, tmp_path):
+    # grass-session resets GRASS_ADDON_BASE to a GRASS 7 folder: the
+    # installed scripts still find the library beside them.
+    env = dict(os.environ, GRASS_ADDON_BASE=str(tmp_path / "elsewhere"))
+    result = subprocess.run(
+        [
+            "i.ann.train",
+            "input={}".format(tmp_path / "none"),
+            "output={}".format(tmp_path / "m"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    assert "not installed" not in message
+    assert "Dataset folder <{}> does not exist".format(tmp_path / "none") in message
