@@ -174,13 +174,6 @@ def import_library():
         sys.path.insert(0, path)
 
 
-def group_bands(group):
-    """Members of an imagery group, in the group's order."""
-    if not gs.find_file(group, element="group")["fullname"]:
-        gs.fatal(_("Imagery group <{}> not found").format(group))
-    return gs.read_command("i.group", group=group, flags="g").split()
-
-
 def check_new_map(name):
     if (
         name
@@ -233,7 +226,7 @@ def classify(options, flags):
     from iann.bundle import load_bundle, read_bundle_metadata
     from iann.dataset import resampled_bands
     from iann.errors import IannError
-    from iann.grassio import require_rasters
+    from iann.grassio import group_members, require_rasters
     from iann.prediction import (
         classify_region,
         image_statistics,
@@ -248,8 +241,10 @@ def classify(options, flags):
         raise IannError(_("Option <model> is required"))
     if not (options["input"] or options["group"]):
         raise IannError(_("Option <input> or <group> is required"))
-    bands = options["input"].split(",") if options["input"] else None
-    bands = bands or group_bands(options["group"])
+    if options["input"]:
+        bands = options["input"].split(",")
+    else:
+        bands = group_members(options["group"])
     reference = options["reference"] or None
     segments = options["segments"] or None
     metadata = read_bundle_metadata(options["model"])

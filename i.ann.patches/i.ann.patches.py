@@ -181,25 +181,14 @@ def import_library():
         sys.path.insert(0, path)
 
 
-def group_bands(group):
-    """Members of an imagery group, in the group's order."""
-    if not gs.find_file(group, element="group")["fullname"]:
-        gs.fatal(_("Imagery group <{}> not found").format(group))
-    members = gs.read_command("i.group", group=group, flags="g").split()
-    if not members:
-        gs.fatal(_("Imagery group <{}> has no raster maps").format(group))
-    return members
-
-
 def main(options, flags):
     import_library()
     from iann.dataset import create_patches, summary, write_dataset
     from iann.dataset import write_validation_map
     from iann.errors import IannError
     from iann.folders import check_new_folder
+    from iann.grassio import group_members
 
-    bands = options["input"].split(",") if options["input"] else None
-    bands = bands or group_bands(options["group"])
     validation_map = options["validation_map"]
     if validation_map and options["split"] != "blocks":
         gs.fatal(_("validation_map needs split=blocks"))
@@ -214,6 +203,10 @@ def main(options, flags):
             )
         )
     try:
+        if options["input"]:
+            bands = options["input"].split(",")
+        else:
+            bands = group_members(options["group"])
         output = options["output"]
         if not flags["p"]:
             output = check_new_folder(output, gs.overwrite(), _("Dataset folder"))

@@ -374,3 +374,17 @@ def test_parallel_strips_equal_one_process(mapset, tmp_path, trained_bundle):
     assert "11|water" in gs.read_command("r.category", map="three", separator="pipe")
     assert json.loads((tmp_path / "r.json").read_text())["cells"] > 0
     assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+
+
+def test_group_input_equals_map_list(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.run_command("i.group", group="grp", input=",".join(bands), quiet=True)
+    run_ok("i.ann.classify", group="grp", model=trained_bundle, output="by_group")
+    run_ok(
+        "i.ann.classify", input=",".join(bands), model=trained_bundle, output="by_list"
+    )
+    np.testing.assert_array_equal(read_map("by_group"), read_map("by_list"))
+    assert_fails(
+        run("i.ann.classify", group="nogroup", model=trained_bundle, output="x"),
+        "nogroup",
+    )

@@ -73,6 +73,18 @@ def require_rasters(names):
     return full
 
 
+def group_members(group):
+    """Raster maps of an imagery group, in the group's order (i.group -g)."""
+    from .errors import IannError
+
+    if not gs.find_file(group, element="group")["fullname"]:
+        raise IannError(_("Imagery group <{}> not found").format(group))
+    members = gs.read_command("i.group", group=group, flags="g").split()
+    if not members:
+        raise IannError(_("Imagery group <{}> has no raster maps").format(group))
+    return members
+
+
 class RowReader:
     """Reads rows of one raster map on the current region as float32."""
 
