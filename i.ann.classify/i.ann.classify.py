@@ -174,17 +174,6 @@ def import_library():
         sys.path.insert(0, path)
 
 
-def check_new_map(name):
-    if (
-        name
-        and gs.find_file(name, element="cell", mapset=".")["fullname"]
-        and not gs.overwrite()
-    ):
-        gs.fatal(
-            _("Raster map <{}> exists; use --overwrite to replace it").format(name)
-        )
-
-
 def main(options, flags):
     import_library()
     from iann.errors import IannError
@@ -198,12 +187,10 @@ def main(options, flags):
 
 
 def check_reference(reference):
-    from iann.errors import IannError
-    from iann.grassio import raster_info, require_rasters
+    from iann.grassio import require_integer_map, require_rasters
 
     (reference,) = require_rasters([reference])
-    if raster_info(reference)["datatype"] != "CELL":
-        raise IannError(_("Reference map <{}> is not an integer map").format(reference))
+    require_integer_map(reference)
     return reference
 
 
@@ -226,7 +213,7 @@ def classify(options, flags):
     from iann.bundle import load_bundle, read_bundle_metadata
     from iann.dataset import resampled_bands
     from iann.errors import IannError
-    from iann.grassio import group_members, require_rasters
+    from iann.grassio import check_new_raster, group_members, require_rasters
     from iann.prediction import (
         classify_region,
         image_statistics,
@@ -269,7 +256,7 @@ def classify(options, flags):
         else []
     )
     for name in [output, options["uncertainty"]] + probability_maps:
-        check_new_map(name)
+        check_new_raster(name, gs.overwrite())
 
     nprocs = int(options["nprocs"])
     if nprocs > 1 and segments:

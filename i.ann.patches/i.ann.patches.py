@@ -187,22 +187,13 @@ def main(options, flags):
     from iann.dataset import write_validation_map
     from iann.errors import IannError
     from iann.folders import check_new_folder
-    from iann.grassio import group_members
+    from iann.grassio import check_new_raster, group_members
 
     validation_map = options["validation_map"]
     if validation_map and options["split"] != "blocks":
         gs.fatal(_("validation_map needs split=blocks"))
-    if (
-        validation_map
-        and gs.find_file(validation_map, element="cell", mapset=".")["fullname"]
-        and not gs.overwrite()
-    ):
-        gs.fatal(
-            _("Raster map <{}> exists; use --overwrite to replace it").format(
-                validation_map
-            )
-        )
     try:
+        check_new_raster(validation_map, gs.overwrite())
         if options["input"]:
             bands = options["input"].split(",")
         else:

@@ -33,6 +33,7 @@ from .grassio import (
     read_colors,
     read_int_rows,
     read_rows,
+    require_integer_map,
     require_rasters,
 )
 
@@ -148,14 +149,7 @@ def read_band_stack(maps):
 
 def read_reference(name):
     """Read an integer reference map: int32 with CELL_NULL for NULL."""
-    info = raster_info(name)
-    if info["datatype"] != "CELL":
-        raise IannError(
-            _(
-                "Reference map <{}> is not an integer map (type {}); "
-                'convert it with r.mapcalc "ref = int(round(map))"'
-            ).format(name, info["datatype"])
-        )
+    require_integer_map(name)
     reader = RowReader(name)
     try:
         return read_int_rows(reader, 0, gs.region()["rows"])

@@ -73,6 +73,30 @@ def require_rasters(names):
     return full
 
 
+def check_new_raster(name, overwrite):
+    """Refuse an existing map of the current mapset without overwrite."""
+    from .errors import IannError
+
+    if name and not overwrite and find_raster(name + "@" + gs.gisenv()["MAPSET"]):
+        raise IannError(
+            _("Raster map <{}> exists; use --overwrite to replace it").format(name)
+        )
+
+
+def require_integer_map(name):
+    """Fatal error unless the raster map is of type CELL."""
+    from .errors import IannError
+
+    datatype = raster_info(name)["datatype"]
+    if datatype != "CELL":
+        raise IannError(
+            _(
+                "Reference map <{}> is not an integer map (type {}); "
+                'convert it with r.mapcalc "ref = int(round(map))"'
+            ).format(name, datatype)
+        )
+
+
 def group_members(group):
     """Raster maps of an imagery group, in the group's order (i.group -g)."""
     from .errors import IannError

@@ -13,6 +13,7 @@ from . import BUNDLE_FORMAT, FORMAT_VERSION, __version__
 from .dataset import UNLABELLED, load_dataset
 from .models import ARCHITECTURES, build_model, receptive_field
 from .normalise import band_transform, standardise
+from .prediction import dihedral
 
 
 class PatchSequence(keras.utils.PyDataset):
@@ -76,21 +77,13 @@ class PatchSequence(keras.utils.PyDataset):
         # build batches in any order, and a run must be repeatable.
         rng = np.random.default_rng([self.seed, self.epoch, index])
         for i, k in enumerate(rng.integers(0, 8, size=len(x))):
-            x[i], y[i], w[i] = (_dihedral(a, k) for a in (x[i], y[i], w[i]))
+            x[i], y[i], w[i] = (dihedral(a, k) for a in (x[i], y[i], w[i]))
         return x, y, w
 
     def on_epoch_end(self):
         self.epoch += 1
         if self.shuffle:
             self.rng.shuffle(self.order)
-
-
-def _dihedral(array, k):
-    """One of the 8 flips/rotations of a square patch (rows, cols first)."""
-    out = np.rot90(array, k % 4, axes=(0, 1))
-    if k >= 4:
-        out = out[:, ::-1]
-    return out
 
 
 class GrassProgress(keras.callbacks.Callback):
