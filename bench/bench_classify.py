@@ -44,10 +44,10 @@ def make_bundle(folder, filters):
     """A bundle with an untrained fcn (speed does not depend on the weights)."""
     from iann import BUNDLE_FORMAT
     from iann.bundle import save_bundle
-    from iann.models import build_fcn, receptive_field
+    from iann.models import build_fcn, receptive_field, tiling_margin
 
     model = build_fcn((None, None, 5), 7, filters=filters)
-    field = receptive_field(model, 5)
+    field, _ = receptive_field(model, 5)
     metadata = {
         "format": BUNDLE_FORMAT,
         "architecture": "fcn",
@@ -59,7 +59,7 @@ def make_bundle(folder, filters):
         ],
         "normalisation": {"mean": [0.0] * 5, "std": [100.0] * 5},
         "receptive_field": field,
-        "margin": field // 2,
+        "margin": tiling_margin(field),
     }
     os.makedirs(folder)
     save_bundle(folder, model, metadata)

@@ -200,6 +200,7 @@ def assess_only(options):
 
     (classified,) = require_rasters([options["classified"]])
     reference = check_reference(options["reference"])
+    check_report_files(options)
     labels = read_categories(classified)
     labels.update(
         {k: v for k, v in read_categories(reference).items() if k not in labels}
@@ -257,6 +258,7 @@ def classify(options, flags):
     )
     for name in [output, options["uncertainty"]] + probability_maps:
         check_new_raster(name, gs.overwrite())
+    check_report_files(options)
 
     nprocs = int(options["nprocs"])
     if nprocs > 1 and segments:
@@ -391,7 +393,12 @@ def classify_in_strips(
     )
 
     region = gs.region()
-    cores = strips(region["rows"], nprocs, int(metadata["margin"]))
+    cores = strips(
+        region["rows"],
+        nprocs,
+        int(metadata["margin"]),
+        int(metadata.get("size_multiple", 1)),
+    )
     bundle = options["model"]
     work = tempfile.mkdtemp(prefix="i.ann.classify.")
     TEMPORARY_FOLDERS.append(work)
@@ -486,6 +493,16 @@ def classify_in_strips(
             options, options["output"], options["reference"], metadata["classes"], None
         )
     return 0
+
+
+def check_report_files(options):
+    """Refuse to overwrite a report or plot file without --overwrite."""
+    from iann.folders import check_new_file
+
+    if options["report"]:
+        check_new_file(options["report"], gs.overwrite(), _("Report file"))
+    if options["plot"]:
+        check_new_file(options["plot"], gs.overwrite(), _("Plot file"))
 
 
 def report_accuracy(options, classified, reference, classes, counter):

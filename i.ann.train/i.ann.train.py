@@ -40,19 +40,65 @@
 # % type: string
 # % required: no
 # % answer: fcn
-# % options: fcn
-# % description: Network architecture
-# % descriptions: fcn;dilated dense FCN of Mboga et al. (2019)
+# % label: Network architecture: fcn, unet, resunet, or a Python file
+# % description: fcn: dilated dense FCN of Mboga et al. (2019); unet: U-Net; resunet: residual U-Net; a file defining build_model(input_shape, n_classes, **params)
 # % guisection: Network
 # %end
 # %option
 # % key: filters
 # % type: integer
 # % required: no
-# % answer: 64
 # % options: 1-1024
-# % description: Number of filters of each convolution block
+# % label: Number of filters (fcn: of each block; unet, resunet: of the first level)
+# % description: Default: 64 for fcn, 32 for unet and resunet
 # % guisection: Network
+# %end
+# %option
+# % key: depth
+# % type: integer
+# % required: no
+# % answer: 4
+# % options: 1-8
+# % label: Number of down-sampling levels of unet and resunet
+# % description: The patch size must be a multiple of 2^depth
+# % guisection: Network
+# %end
+# %option
+# % key: params
+# % type: string
+# % required: no
+# % multiple: yes
+# % key_desc: key=value
+# % label: Further parameters of the architecture
+# % description: Passed to the builder, e.g. to build_model() of an architecture file
+# % guisection: Network
+# %end
+# %option
+# % key: pretrained
+# % type: string
+# % required: no
+# % gisprompt: old,dir,dir
+# % label: Model bundle to start from (fine-tuning)
+# % description: Its architecture and weights are used; the classifier head is rebuilt when the classes differ
+# % guisection: Network
+# %end
+# %option
+# % key: freeze
+# % type: string
+# % required: no
+# % multiple: yes
+# % label: Layers of the pretrained model to keep fixed
+# % description: Layer names or patterns (e.g. down*,bottom*), or copied for all layers taken from the pretrained model
+# % guisection: Network
+# %end
+# %option
+# % key: bands
+# % type: string
+# % required: no
+# % multiple: yes
+# % label: Bands of the dataset to train on (default: all)
+# % description: Band map names as given to i.ann.patches, or their numbers (1 = first)
+# % guisection: Input
 # %end
 # %option
 # % key: epochs
@@ -81,15 +127,69 @@
 # % guisection: Training
 # %end
 # %option
+# % key: loss
+# % type: string
+# % required: no
+# % answer: crossentropy
+# % options: crossentropy,focal
+# % description: Loss function (unlabelled cells are left out)
+# % descriptions: crossentropy;cross-entropy of the class probabilities;focal;focal loss, which weighs hard cells more
+# % guisection: Training
+# %end
+# %option
+# % key: gamma
+# % type: double
+# % required: no
+# % answer: 2
+# % description: Focusing parameter of the focal loss
+# % guisection: Training
+# %end
+# %option
+# % key: class_weight
+# % type: string
+# % required: no
+# % answer: none
+# % label: Class weights in the loss: none, balanced, or a file
+# % description: balanced: inverse of each class's share of the training cells; file: lines of 'class_value weight'
+# % guisection: Training
+# %end
+# %option
+# % key: patience
+# % type: integer
+# % required: no
+# % answer: 0
+# % options: 0-100000
+# % label: Stop after this many epochs without a lower validation loss
+# % description: 0: never stop early; the model of the best epoch is kept either way
+# % guisection: Training
+# %end
+# %option
 # % key: seed
 # % type: integer
 # % required: no
 # % answer: 1
-# % description: Seed of the random number generators (weights, shuffling)
+# % description: Seed of the random number generators (weights, shuffling, augmentation)
 # % guisection: Training
+# %end
+# %flag
+# % key: a
+# % description: Augment: give each patch a random flip or 90-degree rotation each epoch
+# % guisection: Training
+# %end
+# %flag
+# % key: r
+# % description: Resume an interrupted training from its checkpoint (same settings)
+# % guisection: Training
+# %end
+# %option G_OPT_F_OUTPUT
+# % key: plot
+# % required: no
+# % label: Name of a PNG file for the loss and accuracy curves
+# % guisection: Output
 # %end
 
 import os
+import shutil
 import sys
 
 import grass.script as gs
@@ -115,27 +215,71 @@ def import_library():
         sys.path.insert(0, path)
 
 
+def training_settings(options, flags):
+    """The training settings from the module's options."""
+    from iann.training import parse_params
+
+    def listed(key):
+        return [item for item in options[key].split(",") if item] or None
+
+    return {
+        "architecture": options["architecture"],
+        "filters": int(options["filters"]) if options["filters"] else None,
+        "depth": int(options["depth"]),
+        "params": parse_params(options["params"]),
+        "epochs": int(options["epochs"]),
+        "batch_size": int(options["batch_size"]),
+        "learning_rate": float(options["learning_rate"]),
+        "loss": options["loss"],
+        "gamma": float(options["gamma"]),
+        "class_weight": options["class_weight"],
+        "augment": flags["a"],
+        "patience": int(options["patience"]),
+        "seed": int(options["seed"]),
+        "bands": listed("bands"),
+        "pretrained": options["pretrained"] or None,
+        "freeze": listed("freeze"),
+    }
+
+
 def main(options, flags):
     import_library()
     from iann.errors import IannError
-    from iann.folders import atomic_folder, check_new_folder
+    from iann.folders import atomic_folder, check_new_file, check_new_folder
 
     try:
         output = check_new_folder(options["output"], gs.overwrite(), _("Model bundle"))
+        plot = options["plot"]
+        if plot:
+            plot = check_new_file(plot, gs.overwrite(), _("Plot file"))
+        settings = training_settings(options, flags)
+        checkpoint = output.rstrip(os.sep) + ".checkpoint"
+        if not flags["r"] and os.path.isdir(checkpoint):
+            gs.warning(
+                _(
+                    "Starting afresh: the checkpoint <{}> of an earlier run is "
+                    "replaced (use -r to resume it)"
+                ).format(checkpoint)
+            )
+            shutil.rmtree(checkpoint)
         from iann.bundle import save_bundle
-        from iann.training import train
+        from iann.training import plot_history, train
 
         model, metadata = train(
-            options["input"],
-            architecture=options["architecture"],
-            epochs=int(options["epochs"]),
-            batch_size=int(options["batch_size"]),
-            learning_rate=float(options["learning_rate"]),
-            seed=int(options["seed"]),
-            filters=int(options["filters"]),
+            options["input"], settings, checkpoint=checkpoint, resume=flags["r"]
         )
         with atomic_folder(output, gs.overwrite()) as folder:
             save_bundle(folder, model, metadata)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        if plot:
+            plot_history(
+                metadata["training"]["history"],
+                plot,
+                title="{} on {}".format(
+                    os.path.basename(metadata["architecture"]),
+                    os.path.basename(options["input"].rstrip(os.sep)),
+                ),
+            )
     except IannError as error:
         gs.fatal(str(error))
     training = metadata["training"]
@@ -149,6 +293,8 @@ def main(options, flags):
             output,
         )
     )
+    if plot:
+        gs.message(_("Training curves drawn in <{}>").format(plot))
 
 
 if __name__ == "__main__":

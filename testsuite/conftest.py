@@ -162,9 +162,9 @@ def nc_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trained_bundle(grass_session, tmp_path_factory):
-    """A small fcn bundle trained on the synthetic maps (shared by tests)."""
-    folder = tmp_path_factory.mktemp("bundle")
+def synthetic_patches(grass_session, tmp_path_factory):
+    """A dataset of 16 x 16 patches of the synthetic maps (shared by tests)."""
+    folder = tmp_path_factory.mktemp("patches") / "patches"
     gs.run_command("g.mapset", flags="c", mapset="shared_training", quiet=True)
     gs.run_command("g.region", n=1800, s=0, e=2400, w=0, res=30, quiet=True)
     bands, reference = make_synthetic()
@@ -172,20 +172,36 @@ def trained_bundle(grass_session, tmp_path_factory):
         "i.ann.patches",
         input=",".join(bands),
         reference=reference,
-        output=folder / "patches",
+        output=folder,
         size=16,
         number=120,
         seed=1,
     )
-    run_ok(
-        "i.ann.train",
-        input=folder / "patches",
-        output=folder / "model",
-        filters=8,
-        epochs=8,
-        batch_size=8,
-        learning_rate=0.01,
-        seed=1,
-    )
     gs.run_command("g.mapset", mapset="PERMANENT", quiet=True)
-    return folder / "model"
+    return folder
+
+
+def train_bundle(patches, output, **options):
+    """Train a small bundle on a dataset; return its folder."""
+    settings = dict(filters=8, epochs=8, batch_size=8, learning_rate=0.01, seed=1)
+    settings.update(options)
+    run_ok("i.ann.train", input=patches, output=output, **settings)
+    return output
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(synthetic_patches, tmp_path_factory):
+    """A small fcn bundle trained on the synthetic maps (shared by tests)."""
+    return train_bundle(synthetic_patches, tmp_path_factory.mktemp("bundle") / "model")
+
+
+@pytest.fixture(scope="session")
+def unet_bundle(synthetic_patches, tmp_path_factory):
+    """A small U-Net bundle (depth 2) trained on the synthetic maps."""
+    return train_bundle(
+        synthetic_patches,
+        tmp_path_factory.mktemp("unet") / "model",
+        architecture="unet",
+        depth=2,
+        filters=4,
+    )

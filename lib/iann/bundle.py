@@ -8,17 +8,24 @@
 
 import json
 import os
+import shutil
 
 from . import BUNDLE_FORMAT
 from .errors import IannError
 
 MODEL_FILE = "model.keras"
 METADATA = "metadata.json"
+# A copy of a user's architecture file, imported before the model is loaded
+# so that custom layers it registers are known.
+CUSTOM_ARCHITECTURE = "architecture.py"
 
 
 def save_bundle(folder, model, metadata):
     """Write model and metadata into `folder` (an existing, empty folder)."""
     model.save(os.path.join(folder, MODEL_FILE))
+    source = metadata.get("architecture_file")
+    if source:
+        shutil.copyfile(source, os.path.join(folder, CUSTOM_ARCHITECTURE))
     with open(os.path.join(folder, METADATA), "w") as f:
         json.dump(metadata, f, indent=1)
 
@@ -51,6 +58,11 @@ def load_bundle(folder):
     import keras
 
     metadata = read_bundle_metadata(folder)
+    custom = os.path.join(folder, CUSTOM_ARCHITECTURE)
+    if os.path.isfile(custom):
+        from .models import load_custom_builder
+
+        load_custom_builder(custom)
     try:
         model = keras.saving.load_model(os.path.join(folder, MODEL_FILE), compile=False)
     except Exception as error:  # noqa: BLE001 - any load failure means a bad file

@@ -27,6 +27,14 @@ def check_new_folder(path, overwrite, what="Output folder"):
     return path
 
 
+def check_new_file(path, overwrite, what="Output file"):
+    """Refuse an existing file without overwrite, or a parent that is missing."""
+    path = check_new_folder(path, overwrite, what)
+    if os.path.isdir(path):
+        raise IannError(_("{} <{}> is a folder").format(what, path))
+    return path
+
+
 @contextmanager
 def atomic_folder(path, overwrite):
     """Yield a temporary folder that replaces `path` when the block succeeds."""

@@ -33,19 +33,34 @@ def undo_dihedral(array, k):
     return np.rot90(out, -(k % 4), axes=(0, 1))
 
 
-def predict_tile(model, tile, augment=False):
+def padded_to(tile, multiple):
+    """The tile with zero rows and columns added to multiples of `multiple`.
+
+    Zero is the band mean once standardised, as at the edges of training
+    patches; networks with poolings (unet, resunet) need these sizes.
+    """
+    rows, cols = tile.shape[:2]
+    extra = (-rows % multiple, -cols % multiple)
+    if extra == (0, 0):
+        return tile
+    return np.pad(tile, ((0, extra[0]), (0, extra[1]), (0, 0)))
+
+
+def predict_tile(model, tile, augment=False, multiple=1):
     """Class probabilities (rows, cols, classes) of one standardised tile.
 
     With `augment`, the mean over the 8 flips and rotations of the tile
     (test-time augmentation), each mapped back before averaging.
     """
+    rows, cols = tile.shape[:2]
     if not augment:
-        return np.asarray(model.predict_on_batch(tile[np.newaxis]))[0]
+        out = model.predict_on_batch(padded_to(tile, multiple)[np.newaxis])
+        return np.asarray(out)[0, :rows, :cols]
     total = None
     for k in range(8):
-        out = np.asarray(
-            model.predict_on_batch(np.ascontiguousarray(dihedral(tile, k))[None])
-        )[0]
+        turned = np.ascontiguousarray(dihedral(tile, k))
+        out = model.predict_on_batch(padded_to(turned, multiple)[np.newaxis])
+        out = np.asarray(out)[0, : turned.shape[0], : turned.shape[1]]
         out = undo_dihedral(out, k)
         total = out if total is None else total + out
     return total / 8
@@ -149,6 +164,7 @@ def classify_region(
     region = gs.region()
     rows, cols = region["rows"], region["cols"]
     margin = int(metadata["margin"])
+    multiple = int(metadata.get("size_multiple", 1))
     if normalisation is None:
         mean = np.asarray(metadata["normalisation"]["mean"], dtype=np.float32)
         std = np.asarray(metadata["normalisation"]["std"], dtype=np.float32)
@@ -162,6 +178,8 @@ def classify_region(
         tile_size = tile_rows_for_memory(
             tile_size, margin, cols, len(bands), n_outputs, memory_mb
         )
+    # Tiles on the grid of the network's poolings, as in a whole-region run.
+    tile_size = max(multiple, tile_size // multiple * multiple)
     counter = PairCounter() if reference else None
     mapped = np.zeros(n_classes, dtype=np.int64)
     segment_sums = {} if segments else None
@@ -188,7 +206,9 @@ def classify_region(
                 core_nulls = nulls[row0 - low : row1 - low, col0:col1]
                 if core_nulls.all():
                     continue
-                tile_probs = predict_tile(model, block[:, left:right], augment)
+                tile_probs = predict_tile(
+                    model, block[:, left:right], augment, multiple
+                )
                 core = tile_probs[row0 - low : row1 - low, col0 - left : col1 - left]
                 core = np.where(core_nulls[..., None], np.nan, core)
                 probs[:, col0:col1] = core
@@ -221,14 +241,17 @@ def classify_region(
     }
 
 
-def strips(rows, parts, margin):
+def strips(rows, parts, margin, multiple=1):
     """Row strips of a region: (core start, core stop, read start, read stop).
 
     Each strip is classified on its own, reading `margin` rows beyond its
     core on both sides (within the region), so that the cores put together
-    equal the classification of the whole region.
+    equal the classification of the whole region. Strips start on
+    multiples of `multiple`, the grid of the network's poolings.
     """
-    bounds = np.linspace(0, rows, parts + 1).round().astype(int)
+    bounds = np.linspace(0, rows, parts + 1) / multiple
+    bounds = np.minimum(bounds.round().astype(int) * multiple, rows)
+    bounds[-1] = rows
     return [
         (int(a), int(b), max(0, int(a) - margin), min(rows, int(b) + margin))
         for a, b in zip(bounds[:-1], bounds[1:])
