@@ -78,8 +78,15 @@ def scores(y_true, y_pred, values):
     return {
         "overall_accuracy": accuracy_score(y_true, y_pred),
         "kappa": cohen_kappa_score(y_true, y_pred, labels=values),
-        "macro_f1": f1_score(y_true, y_pred, labels=values, average="macro"),
-        "f1": dict(zip(values, f1_score(y_true, y_pred, labels=values, average=None))),
+        "macro_f1": f1_score(
+            y_true, y_pred, labels=values, average="macro", zero_division=0
+        ),
+        "f1": dict(
+            zip(
+                values,
+                f1_score(y_true, y_pred, labels=values, average=None, zero_division=0),
+            )
+        ),
     }
 
 

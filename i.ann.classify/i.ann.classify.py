@@ -139,6 +139,7 @@
 # % guisection: Accuracy
 # %end
 # %rules
+# % required: output, -e
 # % exclusive: input, group
 # % requires: report, reference
 # % requires: plot, reference

@@ -46,15 +46,6 @@
 # % guisection: Input
 # %end
 # %option
-# % key: output
-# % type: string
-# % required: yes
-# % gisprompt: new,file,file
-# % label: Name of the patch dataset folder to create
-# % description: NumPy arrays and metadata.json, read by i.ann.train
-# % guisection: Output
-# %end
-# %option
 # % key: size
 # % type: integer
 # % required: no
@@ -77,7 +68,6 @@
 # % key: stride
 # % type: integer
 # % required: no
-# % options: 1-100000
 # % description: Grid step in cells for sampling=grid (default: the patch size)
 # % guisection: Sampling
 # %end
@@ -116,12 +106,6 @@
 # % description: Side of the split's blocks in map units (default: 4 patch sizes)
 # % guisection: Sampling
 # %end
-# %option G_OPT_R_OUTPUT
-# % key: validation_map
-# % required: no
-# % description: Raster map of the split (1: validation blocks, 0: training)
-# % guisection: Output
-# %end
 # %option
 # % key: min_labelled
 # % type: double
@@ -143,6 +127,21 @@
 # % key: n
 # % description: Keep patches with NULL band cells (filled with the band mean, masked)
 # % guisection: Sampling
+# %end
+# %option
+# % key: output
+# % type: string
+# % required: yes
+# % gisprompt: new,file,file
+# % label: Name of the patch dataset folder to create
+# % description: NumPy arrays and metadata.json, read by i.ann.train
+# % guisection: Output
+# %end
+# %option G_OPT_R_OUTPUT
+# % key: validation_map
+# % required: no
+# % description: Raster map of the split (1: validation blocks, 0: training)
+# % guisection: Output
 # %end
 # %flag
 # % key: p

@@ -27,13 +27,13 @@
 # % guisection: Input
 # %end
 # %option
-# % key: output
+# % key: bands
 # % type: string
-# % required: yes
-# % gisprompt: new,file,file
-# % label: Name of the model bundle folder to create
-# % description: Keras model and metadata.json, read by i.ann.classify
-# % guisection: Output
+# % required: no
+# % multiple: yes
+# % label: Bands of the dataset to train on (default: all)
+# % description: Band map names as given to i.ann.patches, or their numbers (1 = first)
+# % guisection: Input
 # %end
 # %option
 # % key: architecture
@@ -48,7 +48,6 @@
 # % key: filters
 # % type: integer
 # % required: no
-# % options: 1-1024
 # % label: Number of filters (fcn: of each block; unet, resunet: of the first level)
 # % description: Default: 64 for fcn, 32 for unet and resunet
 # % guisection: Network
@@ -90,15 +89,6 @@
 # % label: Layers of the pretrained model to keep fixed
 # % description: Layer names or patterns (e.g. down*,bottom*), or copied for all layers taken from the pretrained model
 # % guisection: Network
-# %end
-# %option
-# % key: bands
-# % type: string
-# % required: no
-# % multiple: yes
-# % label: Bands of the dataset to train on (default: all)
-# % description: Band map names as given to i.ann.patches, or their numbers (1 = first)
-# % guisection: Input
 # %end
 # %option
 # % key: epochs
@@ -172,6 +162,12 @@
 # % guisection: Training
 # %end
 # %flag
+# % key: n
+# % label: With pretrained: standardise with this dataset's statistics
+# % description: For other imagery (sensor, bit depth); by default the pretrained model's normalisation is kept
+# % guisection: Network
+# %end
+# %flag
 # % key: a
 # % description: Augment: give each patch a random flip or 90-degree rotation each epoch
 # % guisection: Training
@@ -180,6 +176,15 @@
 # % key: r
 # % description: Resume an interrupted training from its checkpoint (same settings)
 # % guisection: Training
+# %end
+# %option
+# % key: output
+# % type: string
+# % required: yes
+# % gisprompt: new,file,file
+# % label: Name of the model bundle folder to create
+# % description: Keras model and metadata.json, read by i.ann.classify
+# % guisection: Output
 # %end
 # %option G_OPT_F_OUTPUT
 # % key: plot
@@ -217,11 +222,14 @@ def import_library():
 
 def training_settings(options, flags):
     """The training settings from the module's options."""
+    from iann.errors import IannError
     from iann.training import parse_params
 
     def listed(key):
         return [item for item in options[key].split(",") if item] or None
 
+    if options["filters"] and int(options["filters"]) < 1:
+        raise IannError(_("filters must be at least 1"))
     return {
         "architecture": options["architecture"],
         "filters": int(options["filters"]) if options["filters"] else None,
@@ -239,6 +247,7 @@ def training_settings(options, flags):
         "bands": listed("bands"),
         "pretrained": options["pretrained"] or None,
         "freeze": listed("freeze"),
+        "dataset_statistics": flags["n"],
     }
 
 

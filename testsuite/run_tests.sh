@@ -5,6 +5,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 source .ci/env.sh
-python3 -m black --check --quiet lib i.ann.*/ testsuite demo bench
-python3 -m flake8 lib i.ann.*/ testsuite demo bench
+python3 -m black --check --quiet lib i.ann.*/ testsuite demo bench examples
+python3 -m flake8 lib i.ann.*/ testsuite demo bench examples
 python3 -m pytest -q -p no:cacheprovider testsuite "$@"

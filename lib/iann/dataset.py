@@ -294,6 +294,8 @@ def create_patches(
     origins of each part and the dataset metadata; write_dataset() writes
     it. Nothing is written to disk here.
     """
+    if stride is not None and stride < 1:
+        raise IannError(_("stride must be at least 1 cell, not {}").format(stride))
     bands = require_rasters(bands)
     (reference,) = require_rasters([reference])
     region = gs.region()

@@ -51,6 +51,7 @@ DEFAULTS = {
     "bands": None,
     "pretrained": None,
     "freeze": None,
+    "dataset_statistics": False,
 }
 
 
@@ -513,21 +514,57 @@ def data_parallel_scope():
     return contextlib.nullcontext()
 
 
-def transfer_weights(model, pretrained, freeze):
+def head_layer(model):
+    """The classifier: the last layer with weights."""
+    return [layer for layer in model.layers if layer.weights][-1]
+
+
+def transfer_head(layer, source, old_values, new_values):
+    """Copy the classifier's weights class by class, for the classes in both.
+
+    The last axis of the kernel and bias runs over the classes; a class the
+    pretrained model never saw keeps its fresh weights.
+    """
+    weights = [np.array(w) for w in layer.get_weights()]
+    old = source.get_weights()
+    if [w.shape[:-1] for w in weights] != [w.shape[:-1] for w in old]:
+        return False
+    shared = [
+        (old_values.index(v), new_values.index(v))
+        for v in new_values
+        if v in old_values
+    ]
+    if not shared:
+        return False
+    for target, given in zip(weights, old):
+        for i, j in shared:
+            target[..., j] = given[..., i]
+    layer.set_weights(weights)
+    return True
+
+
+def transfer_weights(model, pretrained, freeze, old_values=None, new_values=None):
     """Copy the pretrained model's weights into `model` where the layers fit.
 
-    Layers are matched by name; a layer whose weights differ in shape (the
-    classifier head, when the classes differ) keeps its fresh weights.
-    `freeze` lists layer names or patterns to keep fixed, or `copied` for
-    every layer whose weights were copied. Returns the copied layer names.
+    Layers are matched by name and shape. The classifier (the last layer
+    with weights) is copied class by class, matched by class value, so a
+    fine-tuned model starts from what the pretrained one knew of each class
+    it keeps; new classes start afresh. `freeze` lists layer names or
+    patterns to keep fixed, or `copied` for every layer whose weights were
+    copied. Returns the copied layer names.
     """
     copied = []
+    head = head_layer(model)
     for layer in model.layers:
         if not layer.weights:
             continue
         try:
             source = pretrained.get_layer(layer.name)
         except ValueError:
+            continue
+        if layer is head and old_values is not None and old_values != new_values:
+            if transfer_head(layer, source, old_values, new_values):
+                copied.append(layer.name)
             continue
         weights = source.get_weights()
         shapes = [w.shape for w in weights]
@@ -630,7 +667,13 @@ def prepare(dataset, settings):
         check_output_shape(model, architecture, patch_size, n_bands, n_classes)
         copied = []
         if pretrained_model is not None:
-            copied = transfer_weights(model, pretrained_model, settings["freeze"])
+            copied = transfer_weights(
+                model,
+                pretrained_model,
+                settings["freeze"],
+                [c["value"] for c in pretrained_meta["classes"]],
+                [c["value"] for c in data_meta["classes"]],
+            )
         elif settings["freeze"]:
             raise IannError(_("freeze= needs a pretrained= model"))
         model.compile(
@@ -682,6 +725,11 @@ def train(dataset, settings=None, checkpoint=None, resume=False):
     band_indices = ready["band_indices"]
     all_bands = band_indices == list(range(len(data_meta["bands"])))
     mean, std = band_transform(data_meta["statistics"], band_indices)
+    if ready["pretrained_meta"] is not None and not settings["dataset_statistics"]:
+        # The copied weights expect the inputs scaled as in their training.
+        normalisation = ready["pretrained_meta"]["normalisation"]
+        mean = np.asarray(normalisation["mean"], dtype=np.float32)
+        std = np.asarray(normalisation["std"], dtype=np.float32)
     counts = data_meta["counts"]["train"]["pixels_per_class"]
     class_weights = class_weights_for(
         settings["class_weight"], data_meta["classes"], counts

@@ -1,0 +1,116 @@
+"""What users read: --quiet silences, --verbose adds, no traceback on bad input."""
+
+from conftest import make_synthetic, run, run_ok
+
+
+def test_quiet_and_verbose(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    common = dict(input=",".join(bands), reference=reference, size=8, number=12)
+    quiet = run_ok("i.ann.patches", "quiet", output=tmp_path / "q", **common)
+    normal = run_ok("i.ann.patches", output=tmp_path / "n", **common)
+    verbose = run_ok("i.ann.patches", "verbose", output=tmp_path / "v", **common)
+    assert quiet.stderr == "" and quiet.stdout == ""
+    assert "patches" in normal.stderr
+    assert len(verbose.stderr.splitlines()) > len(normal.stderr.splitlines())
+
+    train = dict(input=tmp_path / "n", filters=2, epochs=2, batch_size=4)
+    quiet = run_ok("i.ann.train", "quiet", output=tmp_path / "mq", **train)
+    normal = run_ok("i.ann.train", output=tmp_path / "mn", **train)
+    assert quiet.stderr == "", quiet.stderr
+    assert "Epoch 2/2: loss=" in normal.stderr
+    assert "Saved the model" in normal.stderr
+    print(normal.stderr)
+    assert len(normal.stderr.splitlines()) < 12, normal.stderr
+
+    classify = dict(input=",".join(bands), model=tmp_path / "mn")
+    quiet = run_ok("i.ann.classify", "quiet", output="cq", **classify)
+    normal = run_ok("i.ann.classify", output="cn", **classify)
+    verbose = run_ok("i.ann.classify", "verbose", output="cv", **classify)
+    assert quiet.stderr == "", quiet.stderr
+    assert "<cn>" in normal.stderr
+    assert len(verbose.stderr.splitlines()) > len(normal.stderr.splitlines())
+
+
+def bad_calls(tmp_path, bundle):
+    """Foreseeable mistakes, one module call each."""
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "metadata.json").write_text("{not json")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    return [
+        (
+            "i.ann.patches",
+            dict(input="nosuchmap", reference="s_ref", output=tmp_path / "a"),
+        ),
+        (
+            "i.ann.patches",
+            dict(input="s_b1", reference="nosuchref", output=tmp_path / "a"),
+        ),
+        ("i.ann.patches", dict(input="s_b1", reference="s_b1", output=tmp_path / "a")),
+        (
+            "i.ann.patches",
+            dict(input="s_b1", reference="s_ref", output="/no/such/dir/x"),
+        ),
+        (
+            "i.ann.patches",
+            dict(input="s_b1", reference="s_ref", output=tmp_path / "a", size=100000),
+        ),
+        (
+            "i.ann.patches",
+            dict(
+                input="s_b1",
+                reference="s_ref",
+                output=tmp_path / "a",
+                stride=0,
+                sampling="grid",
+            ),
+        ),
+        (
+            "i.ann.patches",
+            dict(group="nogroup", reference="s_ref", output=tmp_path / "a"),
+        ),
+        ("i.ann.train", dict(input=corrupt, output=tmp_path / "m")),
+        ("i.ann.train", dict(input=text_file, output=tmp_path / "m")),
+        ("i.ann.train", dict(input=tmp_path, output=tmp_path / "m")),
+        ("i.ann.train", dict(input=tmp_path / "nothing", output=tmp_path / "m")),
+        ("i.ann.train", dict(input=tmp_path, output=tmp_path / "m", params="oops")),
+        ("i.ann.train", dict(input=tmp_path, output=tmp_path / "m", filters=0)),
+        (
+            "i.ann.train",
+            dict(input=tmp_path, output=tmp_path / "m", architecture=text_file),
+        ),
+        ("i.ann.classify", dict(input="s_b1,s_b2", model=corrupt, output="x")),
+        (
+            "i.ann.classify",
+            dict(input="s_b1,s_b2", model=tmp_path / "none", output="x"),
+        ),
+        ("i.ann.classify", dict(input="s_b1", model=bundle, output="x")),
+        ("i.ann.classify", dict(input="s_b1,nosuch", model=bundle, output="x")),
+        (
+            "i.ann.classify",
+            dict(input="s_b1,s_b2", model=bundle, output="x", reference="s_b1"),
+        ),
+        ("i.ann.classify", dict(input="s_b1,s_b2", model=bundle)),
+        (
+            "i.ann.classify",
+            dict(
+                input="s_b1,s_b2",
+                model=bundle,
+                output="x",
+                report="/no/dir/r.json",
+                reference="s_ref",
+            ),
+        ),
+        ("i.ann.classify", dict(flags="e", classified="nosuch", reference="s_ref")),
+    ]
+
+
+def test_bad_input_gives_a_message_not_a_traceback(mapset, tmp_path, trained_bundle):
+    make_synthetic()
+    for module, options in bad_calls(tmp_path, trained_bundle):
+        flags = [options.pop("flags")] if "flags" in options else []
+        result = run(module, *flags, **options)
+        assert result.returncode != 0, (module, options)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "ERROR" in result.stderr, (module, options, result.stderr)
