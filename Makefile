@@ -7,13 +7,18 @@ PGM = i.ann
 
 SUBDIRS = lib i.ann.patches i.ann.train i.ann.classify
 
+# The pictures of the suite's page i.ann.html (drawn by demo/make_figures.sh)
+IANN_IMAGES = i_ann_classes.png i_ann_probability.png i_ann_uncertainty.png \
+	i_ann_confusion.png i_ann_curves.png
+
 ifneq ($(wildcard $(MODULE_TOPDIR)/include/Make/Dir.make),)
 include $(MODULE_TOPDIR)/include/Make/Dir.make
 
-default: parsubdirs htmldir
+default: parsubdirs htmldir $(patsubst %,$(HTMLDIR)/%,$(IANN_IMAGES))
 
 install: installsubdirs
 	$(INSTALL_DATA) $(HTMLDIR)/$(PGM).html $(INST_DIR)/docs/html/
+	$(INSTALL_DATA) $(patsubst %,$(HTMLDIR)/%,$(IANN_IMAGES)) $(INST_DIR)/docs/html/
 endif
 
 .PHONY: demo test setup

@@ -75,11 +75,12 @@ def grass_project(work):
 def scores(y_true, y_pred, values):
     from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
+    present = sorted(set(np.unique(y_true)) | set(np.unique(y_pred)))
     return {
         "overall_accuracy": accuracy_score(y_true, y_pred),
         "kappa": cohen_kappa_score(y_true, y_pred, labels=values),
         "macro_f1": f1_score(
-            y_true, y_pred, labels=values, average="macro", zero_division=0
+            y_true, y_pred, labels=present, average="macro", zero_division=0
         ),
         "f1": dict(
             zip(

@@ -4,6 +4,10 @@
 # scene as spatial blocks of 64 x 64 cells, cut patches in the other blocks
 # only (under a MASK), train the fcn network, classify the whole scene and
 # report the accuracy on the held-out blocks, which training never saw.
+# Also writes the training curves ($work/curves.png), the confusion matrix
+# ($work/confusion.png), the probability maps prob_1 ... prob_7 and the
+# uncertainty map, from which demo/make_figures.sh draws the manual's
+# pictures.
 # Usage: chain.sh REPO DATA_DIR WORK_DIR
 set -euo pipefail
 repo=$1
@@ -33,14 +37,16 @@ r.colors --quiet landclass96_heldout raster=landclass96
 echo "== i.ann.patches (training blocks only)"
 r.mask --quiet raster=training_blocks
 i.ann.patches --overwrite input="$bands" reference=landclass96 \
-    output="$work/patches" size=32 number=1500 validation=0.2 block_size=1824 seed=1
+    output="$work/patches" size=32 number=1500 validation=0.2 seed=1
 r.mask --quiet -r
 
 echo "== i.ann.train"
 i.ann.train --overwrite input="$work/patches" output="$work/model" \
-    architecture=fcn filters=32 epochs=12 batch_size=32 seed=1
+    architecture=fcn filters=32 epochs=12 batch_size=32 augmentation=dihedral seed=1 \
+    plot="$work/curves.png"
 
 echo "== i.ann.classify: the whole scene, accuracy on the held-out blocks"
 i.ann.classify --overwrite input="$bands" model="$work/model" \
-    output=landcover_fcn reference=landclass96_heldout report="$work/report.json"
+    output=landcover_fcn reference=landclass96_heldout report="$work/report.json" \
+    probabilities=prob uncertainty=uncertainty plot="$work/confusion.png"
 r.category landcover_fcn

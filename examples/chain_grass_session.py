@@ -2,10 +2,11 @@
 """The i.ann chain from plain Python, outside GRASS, with grass-session.
 
     python3 examples/chain_grass_session.py ~/i.ann-demo/grassdata nc_landsat \\
-        ~/i.ann-example [--mapset example] [--addons DIR]
+        ~/i.ann-example [--mapset example]
 
 The project must hold the North Carolina demo data in PERMANENT and i.ann
-must be installed (g.extension). The chain itself is the one of
+must be installed (g.extension) in GRASS_ADDON_BASE (default
+~/.local/share/grass8/addons). The chain itself is the one of
 chain_grass_exec.py, run in its own mapset.
 
 Two quirks of grass-session 0.5 with GRASS 8, worked around below: on

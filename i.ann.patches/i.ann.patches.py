@@ -49,7 +49,7 @@
 # % key: size
 # % type: integer
 # % required: no
-# % answer: 64
+# % answer: 32
 # % options: 8-4096
 # % description: Patch size in cells (rows and columns)
 # % guisection: Sampling
@@ -75,7 +75,7 @@
 # % key: number
 # % type: integer
 # % required: no
-# % answer: 1000
+# % answer: 2000
 # % options: 1-10000000
 # % description: Number of patches to sample (training and validation together)
 # % guisection: Sampling
@@ -93,7 +93,7 @@
 # % key: split
 # % type: string
 # % required: no
-# % answer: blocks
+# % answer: random
 # % options: blocks,random
 # % description: How patches are split into training and validation
 # % descriptions: blocks;whole spatial blocks go to one side, no overlap;random;patches at random (validation may overlap training)

@@ -94,7 +94,7 @@
 # % key: epochs
 # % type: integer
 # % required: no
-# % answer: 10
+# % answer: 20
 # % options: 1-100000
 # % description: Number of training epochs
 # % guisection: Training
@@ -144,6 +144,16 @@
 # % guisection: Training
 # %end
 # %option
+# % key: augmentation
+# % type: string
+# % required: no
+# % answer: dihedral
+# % options: dihedral,none
+# % description: Augmentation of the training patches, drawn afresh each epoch
+# % descriptions: dihedral;each patch gets one of its 8 flips and 90-degree rotations;none;patches as they are
+# % guisection: Training
+# %end
+# %option
 # % key: patience
 # % type: integer
 # % required: no
@@ -166,11 +176,6 @@
 # % label: With pretrained: standardise with this dataset's statistics
 # % description: For other imagery (sensor, bit depth); by default the pretrained model's normalisation is kept
 # % guisection: Network
-# %end
-# %flag
-# % key: a
-# % description: Augment: give each patch a random flip or 90-degree rotation each epoch
-# % guisection: Training
 # %end
 # %flag
 # % key: r
@@ -241,7 +246,7 @@ def training_settings(options, flags):
         "loss": options["loss"],
         "gamma": float(options["gamma"]),
         "class_weight": options["class_weight"],
-        "augment": flags["a"],
+        "augment": options["augmentation"] == "dihedral",
         "patience": int(options["patience"]),
         "seed": int(options["seed"]),
         "bands": listed("bands"),

@@ -35,6 +35,22 @@ def test_report_on_a_small_map():
     assert "Cohen's kappa:    0.4000" in format_report(report)
 
 
+def test_macro_f1_leaves_out_classes_never_seen():
+    # The model knows class 3, but neither map nor reference has it: the
+    # macro F1 is the mean over classes 1 and 2, as in the first test.
+    reference = np.array([[1, 1, 1, 1, 2], [2, 2, 2, 2, 2]], dtype=np.int32)
+    mapped = np.array([[1, 1, 1, 2, 1], [1, 2, 2, 2, 2]], dtype=np.int32)
+    counter = PairCounter()
+    counter.add(reference, mapped)
+    classes = CLASSES + [{"value": 3, "label": "c"}]
+    report = accuracy_report(counter, classes)
+    f1_a = 2 * 0.6 * 0.75 / 1.35
+    f1_b = 2 * 0.8 * (4 / 6) / (0.8 + 4 / 6)
+    assert report["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
+    assert [c["value"] for c in report["classes"]] == [1, 2, 3]
+    assert report["classes"][2]["support"] == 0
+
+
 def test_null_cells_are_left_out():
     reference = np.array([1, CELL_NULL, 2, 2], dtype=np.int32)
     mapped = np.array([1, 1, CELL_NULL, 2], dtype=np.int32)

@@ -52,8 +52,9 @@ EXPECTED = {
             "batch_size": "Training",
             "learning_rate": "Training",
             "loss": "Training",
+            "augmentation": "Training",
         },
-        "flags": {"a": "Training", "r": "Training"},
+        "flags": {"n": "Network", "r": "Training"},
         "required": ["input", "output"],
     },
     "i.ann.classify": {

@@ -327,6 +327,7 @@ def test_block_split_never_overlaps(mapset, tmp_path):
         size=8,
         number=200,
         validation=0.3,
+        split="blocks",
         block_size=480,
         validation_map="split_map",
         seed=2,

@@ -320,11 +320,8 @@ def test_resume_after_kill_equals_uninterrupted(mapset, tmp_path):
         size=16,
         number=400,
     )
-    options = dict(
-        input=tmp_path / "p", filters=8, epochs=4, batch_size=8, seed=7, flags="a"
-    )
-    flags = "-" + options.pop("flags")
-    args = [flags] + ["{}={}".format(k, v) for k, v in options.items()]
+    options = dict(input=tmp_path / "p", filters=8, epochs=4, batch_size=8, seed=7)
+    args = ["{}={}".format(k, v) for k, v in options.items()]
     subprocess.run(
         ["i.ann.train", "output={}".format(tmp_path / "whole")] + args,
         check=True,
@@ -346,7 +343,7 @@ def test_resume_after_kill_equals_uninterrupted(mapset, tmp_path):
     assert not output.exists(), "training ended before it could be killed"
     state = json.loads((checkpoint / "state.json").read_text())
     assert 1 <= state["epochs_done"] < 4
-    result = run_ok("i.ann.train", "r", "a", output=output, **options)
+    result = run_ok("i.ann.train", "r", output=output, **options)
     assert "Resuming from epoch {}".format(state["epochs_done"]) in result.stderr
     assert not checkpoint.exists()
     whole, resumed = metadata_of(tmp_path / "whole"), metadata_of(output)
@@ -364,7 +361,7 @@ def test_resume_after_kill_equals_uninterrupted(mapset, tmp_path):
 
     # -r with nothing to resume is refused.
     assert_fails(
-        run("i.ann.train", "r", "a", output=tmp_path / "other", **options),
+        run("i.ann.train", "r", output=tmp_path / "other", **options),
         "no checkpoint",
         str(tmp_path / "other.checkpoint"),
     )
@@ -414,7 +411,7 @@ def test_second_backend_jax(mapset, synthetic_patches, tmp_path):
             "filters=4",
             "epochs=2",
             "loss=focal",
-            "-a",
+            "augmentation=dihedral",
         ],
         capture_output=True,
         text=True,

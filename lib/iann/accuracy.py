@@ -63,10 +63,15 @@ def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
         y_true, y_pred, labels=values, sample_weight=weights, zero_division=0
     )
     support = [float(weights[y_true == v].sum()) for v in values]
+    # A class in neither the reference nor the map has no F1 to average: as
+    # a 0 it would lower the macro mean for a class that was never there.
+    present = sorted(
+        set(y_true[weights > 0].tolist()) | set(y_pred[weights > 0].tolist())
+    )
     macro = precision_recall_fscore_support(
         y_true,
         y_pred,
-        labels=values,
+        labels=present,
         sample_weight=weights,
         average="macro",
         zero_division=0,

@@ -33,19 +33,19 @@ from .normalise import band_transform, standardise
 from .prediction import dihedral
 
 LOSSES = ("crossentropy", "focal")
-DEFAULT_FILTERS = {"fcn": 64, "unet": 32, "resunet": 32}
+DEFAULT_FILTERS = {"fcn": 32, "unet": 32, "resunet": 32}
 DEFAULTS = {
     "architecture": "fcn",
     "filters": None,
     "depth": 4,
     "params": {},
-    "epochs": 10,
+    "epochs": 20,
     "batch_size": 32,
     "learning_rate": 1e-3,
     "loss": "crossentropy",
     "gamma": 2.0,
     "class_weight": "none",
-    "augment": False,
+    "augment": True,
     "patience": 0,
     "seed": 1,
     "bands": None,
