@@ -16,3 +16,12 @@ def band_transform(statistics, band_indices=None):
     if band_indices is not None:
         mean, std = mean[band_indices], std[band_indices]
     return mean, std
+
+
+def bundle_transform(metadata):
+    """Mean and std arrays (float32) stored in a model bundle's metadata."""
+    normalisation = metadata["normalisation"]
+    return (
+        np.asarray(normalisation["mean"], dtype=np.float32),
+        np.asarray(normalisation["std"], dtype=np.float32),
+    )

@@ -16,7 +16,7 @@ import grass.script as gs
 from .accuracy import PairCounter
 from .errors import IannError
 from .grassio import CELL_NULL, RowReader, RowWriter, read_int_rows, read_rows
-from .normalise import standardise
+from .normalise import bundle_transform, standardise
 
 UNCERTAINTY_METHODS = ("entropy", "margin")
 
@@ -165,11 +165,7 @@ def classify_region(
     rows, cols = region["rows"], region["cols"]
     margin = int(metadata["margin"])
     multiple = int(metadata.get("size_multiple", 1))
-    if normalisation is None:
-        mean = np.asarray(metadata["normalisation"]["mean"], dtype=np.float32)
-        std = np.asarray(metadata["normalisation"]["std"], dtype=np.float32)
-    else:
-        mean, std = normalisation
+    mean, std = bundle_transform(metadata) if normalisation is None else normalisation
     values = np.array([c["value"] for c in metadata["classes"]], dtype=np.int32)
     n_classes = len(values)
     if memory_mb:

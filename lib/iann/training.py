@@ -29,7 +29,7 @@ from .models import (
     size_multiple,
     tiling_margin,
 )
-from .normalise import band_transform, standardise
+from .normalise import band_transform, bundle_transform, standardise
 from .prediction import dihedral
 
 LOSSES = ("crossentropy", "focal")
@@ -651,16 +651,14 @@ def prepare(dataset, settings):
             )
     else:
         architecture, params = model_settings(settings)
-    if architecture in ARCHITECTURES and "depth" in params:
-        multiple = size_multiple(architecture, params)
-        if patch_size % multiple:
-            raise IannError(
-                _(
-                    "Architecture <{}> with depth {} needs patches whose size is a "
-                    "multiple of {}; the dataset's patches are {} cells"
-                ).format(architecture, params["depth"], multiple, patch_size)
-            )
     multiple = size_multiple(architecture, params)
+    if architecture in ARCHITECTURES and "depth" in params and patch_size % multiple:
+        raise IannError(
+            _(
+                "Architecture <{}> with depth {} needs patches whose size is a "
+                "multiple of {}; the dataset's patches are {} cells"
+            ).format(architecture, params["depth"], multiple, patch_size)
+        )
     keras.utils.set_random_seed(settings["seed"])
     with data_parallel_scope():
         model = build_model(architecture, (None, None, n_bands), n_classes, **params)
@@ -727,9 +725,7 @@ def train(dataset, settings=None, checkpoint=None, resume=False):
     mean, std = band_transform(data_meta["statistics"], band_indices)
     if ready["pretrained_meta"] is not None and not settings["dataset_statistics"]:
         # The copied weights expect the inputs scaled as in their training.
-        normalisation = ready["pretrained_meta"]["normalisation"]
-        mean = np.asarray(normalisation["mean"], dtype=np.float32)
-        std = np.asarray(normalisation["std"], dtype=np.float32)
+        mean, std = bundle_transform(ready["pretrained_meta"])
     counts = data_meta["counts"]["train"]["pixels_per_class"]
     class_weights = class_weights_for(
         settings["class_weight"], data_meta["classes"], counts
@@ -737,12 +733,14 @@ def train(dataset, settings=None, checkpoint=None, resume=False):
     start = 0
     has_validation = len(arrays["validation_images"]) > 0
     monitor = "val_loss" if has_validation else "loss"
-    progress = GrassProgress(settings["epochs"], monitor, settings["patience"])
+    progress = GrassProgress(
+        settings["epochs"],
+        monitor,
+        settings["patience"],
+        state["progress"] if state is not None else None,
+    )
     if state is not None:
         restore_checkpoint(model, checkpoint, state)
-        progress = GrassProgress(
-            settings["epochs"], monitor, settings["patience"], state["progress"]
-        )
         progress.best_weights = checkpoint_best_weights(model, checkpoint, state)
         start = state["epochs_done"]
         gs.message(
