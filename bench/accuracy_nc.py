@@ -200,9 +200,17 @@ def main():
     args = parser.parse_args()
     which = args.rows.split(",")
     os.makedirs(args.work, exist_ok=True)
+    # Rows from earlier runs in the same work folder are kept, so a long
+    # table can be built one row at a time (extra options apply to new rows).
+    stored = os.path.join(args.work, "accuracy.json")
+    earlier = {}
+    if os.path.exists(stored):
+        with open(stored) as f:
+            earlier = json.load(f)
     session = grass_project(args.work)
     try:
         rows, values = pixel_rows(which)
+        rows = {**earlier, **rows}
         ann = [a for a in ARCHITECTURES if a in which]
         for architecture in ann:
             label = "i.ann defaults, {}".format(architecture)
@@ -210,9 +218,10 @@ def main():
                 args.work, architecture, architecture, BANDS, args.patches, args.train
             )
         if "nosw" in which:
+            done = [a for a in ARCHITECTURES if "i.ann defaults, " + a in rows]
             best = "fcn"
-            if ann:
-                best = max(ann, key=lambda a: rows["i.ann defaults, " + a]["kappa"])
+            if done:
+                best = max(done, key=lambda a: rows["i.ann defaults, " + a]["kappa"])
             label = "i.ann defaults, {}, without SWIR (bands 1-4)".format(best)
             rows[label] = ann_row(
                 args.work, best + "_vnir", best, VNIR, args.patches, args.train
@@ -227,7 +236,7 @@ def main():
         table.append(
             [label]
             + ["{:.3f}".format(r[k]) for k in ("overall_accuracy", "kappa", "macro_f1")]
-            + ["{:.2f}".format(r["f1"].get(v, 0.0)) for v in values]
+            + ["{:.2f}".format(r["f1"].get(str(v), r["f1"].get(v, 0.0))) for v in values]
             + ["{:.0f}".format(r["seconds"]), r.get("epochs", "")]
         )
     print(
@@ -245,7 +254,7 @@ def main():
                 args.patches, args.train
             )
         )
-    with open(os.path.join(args.work, "accuracy.json"), "w") as f:
+    with open(stored, "w") as f:
         json.dump(rows, f, indent=1, default=float)
 
 

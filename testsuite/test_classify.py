@@ -398,3 +398,34 @@ def test_group_input_equals_map_list(mapset, trained_bundle):
         run("i.ann.classify", group="nogroup", model=trained_bundle, output="x"),
         "nogroup",
     )
+
+
+def test_fcn_prediction_form_gives_the_same_probabilities(trained_bundle, unet_bundle):
+    import keras
+
+    from iann.models import build_fcn, fcn_for_prediction
+
+    model = keras.saving.load_model(trained_bundle / "model.keras")
+    lean = fcn_for_prediction(model)
+    assert lean is not None and "concat" not in [layer.name for layer in lean.layers]
+    tile = np.random.default_rng(5).normal(size=(1, 70, 45, model.input_shape[-1]))
+    np.testing.assert_allclose(
+        np.asarray(lean.predict_on_batch(tile.astype("f4"))),
+        np.asarray(model.predict_on_batch(tile.astype("f4"))),
+        atol=1e-5,
+    )
+    # Not an fcn, or an fcn whose head does not follow its blocks: left as is.
+    assert (
+        fcn_for_prediction(keras.saving.load_model(unet_bundle / "model.keras")) is None
+    )
+    other = build_fcn((None, None, 2), 3, filters=4)
+    head = other.get_layer("head_conv")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel[:, :, ::-1], bias])  # blocks' slices swapped
+    lean = fcn_for_prediction(other)
+    assert lean is not None
+    np.testing.assert_allclose(
+        np.asarray(lean.predict_on_batch(tile[..., :2].astype("f4"))),
+        np.asarray(other.predict_on_batch(tile[..., :2].astype("f4"))),
+        atol=1e-5,
+    )

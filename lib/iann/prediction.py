@@ -16,6 +16,7 @@ import grass.script as gs
 from .accuracy import PairCounter
 from .errors import IannError
 from .grassio import CELL_NULL, RowReader, RowWriter, read_int_rows, read_rows
+from .models import fcn_for_prediction
 from .normalise import bundle_transform, standardise
 
 UNCERTAINTY_METHODS = ("entropy", "margin")
@@ -163,6 +164,7 @@ def classify_region(
     """
     region = gs.region()
     rows, cols = region["rows"], region["cols"]
+    model = fcn_for_prediction(model) or model
     margin = int(metadata["margin"])
     multiple = int(metadata.get("size_multiple", 1))
     mean, std = bundle_transform(metadata) if normalisation is None else normalisation
