@@ -236,7 +236,10 @@ def main():
         table.append(
             [label]
             + ["{:.3f}".format(r[k]) for k in ("overall_accuracy", "kappa", "macro_f1")]
-            + ["{:.2f}".format(r["f1"].get(str(v), r["f1"].get(v, 0.0))) for v in values]
+            + [
+                "{:.2f}".format(r["f1"].get(str(v), r["f1"].get(v, 0.0)))
+                for v in values
+            ]
             + ["{:.0f}".format(r["seconds"]), r.get("epochs", "")]
         )
     print(

@@ -4,12 +4,20 @@
 A region of SIZE x SIZE cells with five bands is classified by the whole
 module (reading, tiling with margins, writing the map), and the same model
 predicts the same cells from an array already in memory, tile by tile
-without margins (the network's own cost, the floor). The ratio of their
-speeds shows what reading, seam-free tiling and writing cost. Peak memory
-is the module process's maximum resident set size.
+without margins (the network's own cost, the floor). Two floors: the
+bundle's model as trained, and the same network in the form i.ann.classify
+predicts with (for the fcn: its classifier split over the blocks, the same
+probabilities in half the memory). The ratios show what reading, seam-free
+tiling and writing cost. Peak memory is the module process's maximum
+resident set size.
+
+--sizes adds whole-module runs on larger squares (e.g. 8000, the seed
+study's tile). --growth SIDE classifies SIDE x SIDE and a region twice as
+tall with a narrow network (--growth-filters, fast): the peak memory must
+not grow with the region.
 
 Run: python3 bench/bench_classify.py [--size 4000] [--filters 64]
-     [--tile-size 512] [--sizes 4000,8000 for the memory growth check]
+     [--tile-size 1024] [--sizes 8000] [--growth 8000 --growth-filters 8]
 """
 
 import argparse
@@ -23,10 +31,10 @@ import numpy as np
 from common import grass_session, module, print_table
 
 
-def make_bands(size):
+def make_bands(rows, cols=None):
     import grass.script as gs
 
-    gs.run_command("g.region", n=size, s=0, e=size, w=0, res=1)
+    gs.run_command("g.region", n=rows, s=0, e=cols or rows, w=0, res=1)
     names = []
     for band in range(5):
         name = "band{}".format(band)
@@ -34,6 +42,7 @@ def make_bands(size):
             "{} = float(100 * sin(x() / (5 + {b})) * cos(y() / 7) + {b})".format(
                 name, b=band
             ),
+            overwrite=True,
             quiet=True,
         )
         names.append(name)
@@ -113,53 +122,63 @@ def run_module(bundle, bands, tile):
 
 
 def main():
+    from iann.models import fcn_for_prediction
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4000)
     parser.add_argument("--filters", type=int, default=64)
-    parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--sizes", default="", help="extra sizes: memory growth")
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--sizes", default="", help="extra squares, module only")
+    parser.add_argument("--growth", type=int, default=0, help="side: memory growth")
+    parser.add_argument("--growth-filters", type=int, default=8)
     args = parser.parse_args()
     rows = []
+
+    def module_row(label, bundle, bands, shape, base=None):
+        seconds, peak = run_module(bundle, bands, args.tile_size)
+        cells = shape[0] * shape[1]
+        ratios = ["{:.2f}".format(b / seconds) if b else "" for b in (base or ("", ""))]
+        rows.append(
+            [label, "{} x {}".format(*shape), "{:.1f}".format(seconds)]
+            + ["{:.0f}".format(cells / seconds)]
+            + ratios
+            + ["{:.0f}".format(peak / 2**20)]
+        )
+        return peak
+
     with grass_session() as tmp:
         bundle = os.path.join(tmp, "bundle")
         model = make_bundle(bundle, args.filters)
+        shape = (args.size, args.size)
         bands = make_bands(args.size)
-        base = baseline(model, bands, args.tile_size)
-        seconds, peak = run_module(bundle, bands, args.tile_size)
         cells = args.size**2
-        rows.append(
-            [
-                "model.predict, in memory",
-                args.size,
-                "{:.1f}".format(base),
-                "{:.0f}".format(cells / base),
-                "1.00",
-                "",
-            ]
-        )
-        rows.append(
-            [
-                "i.ann.classify (whole module)",
-                args.size,
-                "{:.1f}".format(seconds),
-                "{:.0f}".format(cells / seconds),
-                "{:.2f}".format(base / seconds),
-                "{:.0f}".format(peak / 2**20),
-            ]
-        )
+        floors = []
+        for label, network in (
+            ("model.predict, bundle's model, in memory", model),
+            ("model.predict, prediction form, in memory", fcn_for_prediction(model)),
+        ):
+            seconds = baseline(network, bands, args.tile_size)
+            floors.append(seconds)
+            rows.append(
+                [label, "{} x {}".format(*shape), "{:.1f}".format(seconds)]
+                + ["{:.0f}".format(cells / seconds), "", "", ""]
+            )
+        for i, j in ((0, 4), (1, 5)):
+            rows[i][j] = "1.00"
+        rows[0][5] = "{:.2f}".format(floors[1] / floors[0])
+        rows[1][4] = "{:.2f}".format(floors[0] / floors[1])
+        module_row("i.ann.classify (whole module)", bundle, bands, shape, floors)
         for size in [int(s) for s in args.sizes.split(",") if s]:
             bands = make_bands(size)
-            seconds, peak = run_module(bundle, bands, args.tile_size)
-            rows.append(
-                [
-                    "i.ann.classify (whole module)",
-                    size,
-                    "{:.1f}".format(seconds),
-                    "{:.0f}".format(size**2 / seconds),
-                    "",
-                    "{:.0f}".format(peak / 2**20),
-                ]
-            )
+            module_row("i.ann.classify (whole module)", bundle, bands, (size, size))
+        if args.growth:
+            small = os.path.join(tmp, "small")
+            make_bundle(small, args.growth_filters)
+            peaks = []
+            for height in (args.growth, 2 * args.growth):
+                bands = make_bands(height, args.growth)
+                label = "i.ann.classify, fcn-{}".format(args.growth_filters)
+                peaks.append(module_row(label, small, bands, (height, args.growth)))
     print(
         "\ni.ann.classify, fcn with {} filters, 5 bands, tiles of {} cells\n".format(
             args.filters, args.tile_size
@@ -168,14 +187,19 @@ def main():
     print_table(
         [
             "run",
-            "side (cells)",
+            "rows x cols",
             "seconds",
             "cells/s",
-            "x model.predict",
+            "x bundle's model.predict",
+            "x prediction form's",
             "peak RSS (MB)",
         ],
         rows,
     )
+    if args.growth:
+        print(
+            "\nPeak memory, region twice as tall: {:.2f} x".format(peaks[1] / peaks[0])
+        )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 # report the accuracy on the held-out blocks, which training never saw.
 # Also writes the training curves ($work/curves.png), the confusion matrix
 # ($work/confusion.png), the probability maps prob_1 ... prob_7 and the
-# uncertainty map, from which demo/make_figures.sh draws the manual's
-# pictures.
+# uncertainty map, and classifies the scene with a pixel random forest
+# (landcover_rf, $work/report_rf.json) for comparison; demo/make_figures.sh
+# draws the manual's pictures from them.
 # Usage: chain.sh REPO DATA_DIR WORK_DIR
 set -euo pipefail
 repo=$1
@@ -33,6 +34,11 @@ r.mapcalc --overwrite --quiet "training_blocks = if(isnull(heldout_blocks), 1, n
 r.mapcalc --overwrite --quiet "landclass96_heldout = if(heldout_blocks, landclass96, null())"
 r.category landclass96_heldout raster=landclass96
 r.colors --quiet landclass96_heldout raster=landclass96
+
+echo "== The classical baseline: a pixel random forest, assessed the same way"
+python3 "$repo/demo/random_forest.py" "$bands" landclass96 training_blocks landcover_rf
+i.ann.classify -e classified=landcover_rf reference=landclass96_heldout \
+    report="$work/report_rf.json" --overwrite
 
 echo "== i.ann.patches (training blocks only)"
 r.mask --quiet raster=training_blocks

@@ -6,7 +6,8 @@
 #   grass ~/i.ann-demo/grassdata/nc_landsat/PERMANENT --exec \
 #       bash demo/make_figures.sh ~/i.ann-demo OUTDIR
 # It writes into OUTDIR (the checkout's root for the manual page):
-#   i_ann_classes.png      reference landclass96 and the class map landcover_fcn
+#   i_ann_classes.png      reference landclass96, the random forest's map
+#                          landcover_rf and i.ann's map landcover_fcn
 #   i_ann_probability.png  probability of forest, prob_5
 #   i_ann_uncertainty.png  the uncertainty map
 #   i_ann_confusion.png    copy of WORK/confusion.png (i.ann.classify plot=)
@@ -17,13 +18,14 @@ work=$1
 out=$2
 mkdir -p "$out"
 
-for map in landclass96 landcover_fcn heldout_blocks prob_5 uncertainty; do
+for map in landclass96 landcover_fcn landcover_rf heldout_blocks prob_5 uncertainty; do
     if [ -z "$(g.list type=raster pattern="$map" mapset=.)" ]; then
         echo "Raster map <$map> not found: run the demo chain first" >&2
         exit 1
     fi
 done
-for file in "$work/confusion.png" "$work/curves.png" "$work/report.json"; do
+for file in "$work/confusion.png" "$work/curves.png" "$work/report.json" \
+    "$work/report_rf.json"; do
     [ -f "$file" ] || { echo "$file not found: run the demo chain first" >&2; exit 1; }
 done
 
@@ -77,11 +79,16 @@ text() {
         size=$size color=black font="$font"
 }
 
-read -r oa kappa cells <<<"$(python3 -c '
+# scores REPORT: overall accuracy, kappa and cells of an accuracy report
+scores() {
+    python3 -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
 print("{:.3f} {:.3f} {:,}".format(r["overall_accuracy"], r["kappa"], r["cells"]))
-' "$work/report.json")"
+' "$1"
+}
+read -r oa kappa cells <<<"$(scores "$work/report.json")"
+read -r rf_oa rf_kappa _ <<<"$(scores "$work/report_rf.json")"
 
 # The outlines of the cells the accuracy is assessed on: the held-out
 # blocks where the bands have data.
@@ -89,25 +96,30 @@ r.mapcalc --quiet "$assessed = if(heldout_blocks && !isnull(landcover_fcn), 1, n
 r.to.vect --quiet input="$assessed" output="$assessed" type=area
 
 echo "Drawing $out/i_ann_classes.png"
-start "$out/i_ann_classes.png" 1060 540
-frame 0 38 0 1060
+start "$out/i_ann_classes.png" 1500 560
+frame 0 38 0 1500
 text "North Carolina, Landsat 7 ETM+ 2000: 443 x 489 cells of 28.5 m" 50 bold
-frame 38 70 10 440
-text "Reference: landclass96 (1996)" 50
-frame 38 70 450 880
-text "i.ann (fcn): landcover_fcn" 50
-frame 70 470 10 440
-d.rast --quiet map=landclass96
-d.vect --quiet map="$assessed" type=boundary color=black width=1
-frame 70 470 450 880
-d.rast --quiet map=landcover_fcn
-d.vect --quiet map="$assessed" type=boundary color=black width=1
-frame 70 470 885 1060
+# The classified maps are NULL (white) outside the scene's footprint, which
+# is slightly smaller than the reference's region.
+panels=("landclass96|Reference: landclass96 (1996)|what both classifiers learn from"
+    "landcover_rf|Random forest on pixels: landcover_rf|OA $rf_oa, kappa $rf_kappa"
+    "landcover_fcn|i.ann (fcn): landcover_fcn|OA $oa, kappa $kappa")
+for column in 0 1 2; do
+    IFS='|' read -r map title score <<<"${panels[$column]}"
+    left=$(( 10 + column * 440 ))
+    frame 36 88 "$left" $(( left + 430 ))
+    text "$title" 75
+    text "$score" 30
+    frame 86 486 "$left" $(( left + 430 ))
+    d.rast --quiet map="$map"
+    d.vect --quiet map="$assessed" type=boundary color=black width=1
+done
+frame 86 486 1325 1500
 d.legend --quiet -c raster=landclass96 at=30,80,6,22 font="$font" fontsize=14 \
     title="Land cover" title_fontsize=15
-frame 474 540 0 1060
-text "Outlined: the held-out blocks, never sampled for training, where the accuracy is assessed:" 72
-text "overall accuracy $oa, kappa $kappa on $cells cells. White: no data in all six bands." 28
+frame 492 560 0 1500
+text "Outlined: the held-out blocks, never sampled for training, where both maps are assessed (OA: overall accuracy)" 72
+text "on $cells cells; both classifiers learnt from the other blocks only. White: no data in all six bands." 28
 
 echo "Drawing $out/i_ann_probability.png"
 start "$out/i_ann_probability.png" 600 460

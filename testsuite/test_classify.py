@@ -333,9 +333,9 @@ def test_small_memory_gives_the_same_map(mapset, trained_bundle):
         output="small",
         memory=1,
     )
-    # 400 columns x 4 bytes x (82 rows x 2 bands x 2 + 32 rows x 4 outputs)
-    # = 730 kB fit in 1 MB; tiles of 64 cells would need 1.14 MB.
-    assert "Tiles of 32 cells" in result.stderr
+    # 400 columns x 4 bytes x (178 rows x 2 bands + 128 rows x 1 output)
+    # = 774 kB fit in 1 MB; tiles of 256 cells would need 1.39 MB.
+    assert "Tiles of 128 cells" in result.stderr
     np.testing.assert_array_equal(read_map("big"), read_map("small"))
 
 

@@ -17,7 +17,7 @@ from .accuracy import PairCounter
 from .errors import IannError
 from .grassio import CELL_NULL, RowReader, RowWriter, read_int_rows, read_rows
 from .models import fcn_for_prediction
-from .normalise import bundle_transform, standardise
+from .normalise import bundle_transform
 
 UNCERTAINTY_METHODS = ("entropy", "margin")
 
@@ -80,18 +80,32 @@ def uncertainty_of(probabilities, method):
 def tile_rows_for_memory(tile_size, margin, cols, n_bands, n_outputs, memory_mb):
     """Largest tile size <= tile_size whose tile-row buffers fit in memory_mb.
 
-    A tile row holds (tile + 2 margin) rows of every band twice (as read and
-    standardised, float32) and tile rows of every output (float32).
+    A tile row holds (tile + 2 margin) rows of every band (float32,
+    standardised in place) and tile rows of every output (4 bytes a cell).
     """
     budget = memory_mb * 2**20
 
     def needed(tile):
-        return cols * 4 * ((tile + 2 * margin) * n_bands * 2 + tile * n_outputs)
+        return cols * 4 * ((tile + 2 * margin) * n_bands + tile * n_outputs)
 
     tile = tile_size
     while tile > 16 and needed(tile) > budget:
         tile //= 2
     return tile
+
+
+def standardise_bands(block, mean, std):
+    """Standardise a (bands, rows, cols) float32 block in place; NULL -> 0.
+
+    The same transform as normalise.standardise, without a second copy of
+    the block (a tile row of a wide region is hundreds of MB).
+    """
+    for band in range(block.shape[0]):
+        values = block[band]
+        values -= mean[band]
+        values /= std[band]
+        np.nan_to_num(values, copy=False, nan=0.0)
+    return block
 
 
 def image_statistics(bands):
@@ -170,9 +184,12 @@ def classify_region(
     mean, std = bundle_transform(metadata) if normalisation is None else normalisation
     values = np.array([c["value"] for c in metadata["classes"]], dtype=np.int32)
     n_classes = len(values)
+    # The probabilities of a whole tile row are only kept for the outputs
+    # that need them; the class map alone needs one tile's at a time.
+    keep_probabilities = bool(probabilities or uncertainty or segments)
     if memory_mb:
         n_outputs = 1 + len(probabilities or []) + (1 if uncertainty else 0)
-        n_outputs += n_classes  # the probabilities of a tile row, always held
+        n_outputs += n_classes if keep_probabilities else 0
         tile_size = tile_rows_for_memory(
             tile_size, margin, cols, len(bands), n_outputs, memory_mb
         )
@@ -195,21 +212,23 @@ def classify_region(
             low, high = max(0, row0 - margin), min(rows, row1 + margin)
             block = read_rows(readers, low, high)
             nulls = np.isnan(block).any(axis=0)
-            block = standardise(np.moveaxis(block, 0, -1), mean, std)
+            block = standardise_bands(block, mean, std)
             classes = np.full((row1 - row0, cols), CELL_NULL, dtype=np.int32)
-            probs = np.full((row1 - row0, cols, n_classes), np.nan, np.float32)
+            probs = None
+            if keep_probabilities:
+                probs = np.full((row1 - row0, cols, n_classes), np.nan, np.float32)
             for col0 in range(0, cols, tile_size):
                 col1 = min(cols, col0 + tile_size)
                 left, right = max(0, col0 - margin), min(cols, col1 + margin)
                 core_nulls = nulls[row0 - low : row1 - low, col0:col1]
                 if core_nulls.all():
                     continue
-                tile_probs = predict_tile(
-                    model, block[:, left:right], augment, multiple
-                )
+                tile = np.ascontiguousarray(np.moveaxis(block[:, :, left:right], 0, -1))
+                tile_probs = predict_tile(model, tile, augment, multiple)
                 core = tile_probs[row0 - low : row1 - low, col0 - left : col1 - left]
                 core = np.where(core_nulls[..., None], np.nan, core)
-                probs[:, col0:col1] = core
+                if probs is not None:
+                    probs[:, col0:col1] = core
                 best = np.argmax(np.nan_to_num(core, nan=0.0), axis=-1)
                 classes[:, col0:col1] = np.where(core_nulls, CELL_NULL, values[best])
                 cells_with_data += int((~core_nulls).sum())
