@@ -134,11 +134,16 @@ def main():
     args = parser.parse_args()
     rows = []
 
+    def add(row):
+        # Printed as measured too: the large runs take many minutes.
+        rows.append(row)
+        print(" | ".join(str(x) for x in row), flush=True)
+
     def module_row(label, bundle, bands, shape, base=None):
         seconds, peak = run_module(bundle, bands, args.tile_size)
         cells = shape[0] * shape[1]
         ratios = ["{:.2f}".format(b / seconds) if b else "" for b in (base or ("", ""))]
-        rows.append(
+        add(
             [label, "{} x {}".format(*shape), "{:.1f}".format(seconds)]
             + ["{:.0f}".format(cells / seconds)]
             + ratios
@@ -159,7 +164,7 @@ def main():
         ):
             seconds = baseline(network, bands, args.tile_size)
             floors.append(seconds)
-            rows.append(
+            add(
                 [label, "{} x {}".format(*shape), "{:.1f}".format(seconds)]
                 + ["{:.0f}".format(cells / seconds), "", "", ""]
             )

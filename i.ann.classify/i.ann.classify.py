@@ -85,7 +85,7 @@
 # % key: tile_size
 # % type: integer
 # % required: no
-# % answer: 512
+# % answer: 1024
 # % options: 16-8192
 # % description: Size in cells of the tiles predicted at once (without their margin)
 # % guisection: Tiling
