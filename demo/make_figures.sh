@@ -119,7 +119,7 @@ d.legend --quiet -c raster=landclass96 at=30,80,6,22 font="$font" fontsize=14 \
     title="Land cover" title_fontsize=15
 frame 492 560 0 1500
 text "Outlined: the held-out blocks, never sampled for training, where both maps are assessed (OA: overall accuracy)" 72
-text "on $cells cells; both classifiers learnt from the other blocks only. White: no data in all six bands." 28
+text "on $cells cells; both classifiers learnt from the other blocks only. White: no data in one of the bands." 28
 
 echo "Drawing $out/i_ann_probability.png"
 start "$out/i_ann_probability.png" 600 460
