@@ -1,40 +1,44 @@
 #!/usr/bin/env python3
-"""Speed and memory of i.ann.classify against model.predict on in-memory data.
+"""Speed and memory of i.ann.classify's engines and block path.
 
-A region of SIZE x SIZE cells with five bands is classified by the whole
-module (reading, tiling with margins, writing the map), and the same model
-predicts the same cells from an array already in memory, tile by tile
-without margins (the network's own cost, the floor). Two floors: the
-bundle's model as trained, and the same network in the form i.ann.classify
-predicts with (for the fcn: its classifier split over the blocks, the same
-probabilities in half the memory). The ratios show what reading, seam-free
-tiling and writing cost. Peak memory is the module process's maximum
-resident set size.
+On a region of SIZE x SIZE cells with five bands, for each network (fcn
+with 32 and 64 filters, unet with 32), in one run:
 
---sizes adds whole-module runs on larger squares (e.g. 8000, the seed
-study's tile). --growth SIDE classifies SIDE x SIDE and a region twice as
-tall with a narrow network (--growth-filters, fast): the peak memory must
-not grow with the region.
+- the network's own speed on the cells already in memory, tiles of
+  TILE cells without margins: TensorFlow's predict (the baseline, 1.00),
+  ONNX Runtime and OpenVINO on the bundle's model.onnx;
+- the whole module, i.ann.classify engine=keras|onnx|openvino (reading,
+  seam-free tiling with margins, writing the map), one process.
 
-Run: python3 bench/bench_classify.py [--size 4000] [--filters 64]
-     [--tile-size 1024] [--sizes 8000] [--growth 8000 --growth-filters 8]
+Then the block path, fcn with 32 filters, engine=auto: one process with one
+block (the whole region, as before blocks existed), one process with
+blocks of --block-size, the same plan run by one Dask worker (a real
+`dask scheduler` and `dask worker` on 127.0.0.1) and by nprocs=2 (a Dask
+LocalCluster of two one-thread workers). Peak memory: the largest resident
+set of any process of the run (module, nanny or worker). Also the seconds
+model.onnx takes to export, for each network.
+
+Run: python3 bench/bench_classify.py [--size 4000] [--tile-size 1024]
+     [--networks fcn-32,fcn-64,unet-32] [--block-size 2048] [--no-blocks]
 """
 
 import argparse
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-from common import grass_session, module, print_table
+from common import REPO, grass_session, module, print_table
 
 
-def make_bands(rows, cols=None):
+def make_bands(size):
     import grass.script as gs
 
-    gs.run_command("g.region", n=rows, s=0, e=cols or rows, w=0, res=1)
+    gs.run_command("g.region", n=size, s=0, e=size, w=0, res=1)
     names = []
     for band in range(5):
         name = "band{}".format(band)
@@ -49,18 +53,24 @@ def make_bands(rows, cols=None):
     return names
 
 
-def make_bundle(folder, filters):
-    """A bundle with an untrained fcn (speed does not depend on the weights)."""
+def make_bundle(folder, network):
+    """A bundle with an untrained network (speed does not depend on weights)."""
     from iann import BUNDLE_FORMAT
     from iann.bundle import save_bundle
-    from iann.models import build_fcn, receptive_field, tiling_margin
+    from iann.models import build_model, receptive_field, size_multiple
+    from iann.models import tiling_margin
 
-    model = build_fcn((None, None, 5), 7, filters=filters)
-    field, _ = receptive_field(model, 5)
+    architecture, filters = network.split("-")
+    params = {"filters": int(filters)}
+    multiple = size_multiple(architecture, params)
+    model = build_model(architecture, (None, None, 5), 7, **params)
+    model(np.zeros((1, 64, 64, 5), np.float32))
+    field, _ = receptive_field(model, 5, multiple)
     metadata = {
         "format": BUNDLE_FORMAT,
-        "architecture": "fcn",
-        "parameters": {"filters": filters},
+        "architecture": architecture,
+        "parameters": params,
+        "size_multiple": multiple,
         "bands": [{"name": "band{}".format(i)} for i in range(5)],
         "classes": [
             {"index": i, "value": i + 1, "label": str(i + 1), "color": None}
@@ -68,142 +78,246 @@ def make_bundle(folder, filters):
         ],
         "normalisation": {"mean": [0.0] * 5, "std": [100.0] * 5},
         "receptive_field": field,
-        "margin": tiling_margin(field),
+        "margin": tiling_margin(field, multiple),
     }
     os.makedirs(folder)
-    save_bundle(folder, model, metadata)
-    return model
+    metadata, problem = save_bundle(folder, model, metadata)
+    if problem:
+        sys.exit("{}: {}".format(network, problem))
+    return model, metadata
 
 
-def baseline(model, bands, tile):
-    """model.predict on the region's cells already in memory, no margins."""
-    from iann.dataset import read_band_stack
-    from iann.grassio import refresh_region
-
-    refresh_region()
-    stack = np.moveaxis(read_band_stack(bands), 0, -1) / 100.0
+def in_memory(engine, stack, tile):
+    """Seconds to predict the whole stack tile by tile (argmax included)."""
     rows, cols = stack.shape[:2]
-    model.predict_on_batch(stack[None, :tile, :tile])  # warm-up
+    engine.predict(stack[None, :tile, :tile])  # warm-up
     start = time.perf_counter()
     for r in range(0, rows, tile):
         for c in range(0, cols, tile):
-            np.argmax(
-                model.predict_on_batch(stack[None, r : r + tile, c : c + tile]), -1
-            )
+            np.argmax(engine.predict(stack[None, r : r + tile, c : c + tile]), -1)
     return time.perf_counter() - start
 
 
-PEAK_OF_CHILD = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+PEAK_OF_CHILDREN = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], "
+    "capture_output=True, text=True); sys.stdout.write(r.stderr); "
+    "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+    "sys.exit(r.returncode)"
 )
 
 
-def run_module(bundle, bands, tile):
-    """Seconds and peak RSS (bytes) of one module run, in a fresh parent."""
+def run_module(bundle, bands, **options):
+    """Seconds, peak RSS of any process of the run (bytes), messages."""
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", PEAK_OF_CHILD]
+        [sys.executable, "-c", PEAK_OF_CHILDREN]
         + module("i.ann.classify")
-        + [
-            "input=" + ",".join(bands),
-            "model=" + bundle,
-            "output=classified",
-            "tile_size={}".format(tile),
-            "--overwrite",
-            "--quiet",
-        ],
-        check=True,
+        + ["input=" + ",".join(bands), "model=" + bundle, "output=classified"]
+        + ["{}={}".format(k, v) for k, v in options.items()]
+        + ["--overwrite", "--verbose"],
         capture_output=True,
         text=True,
     )
     seconds = time.perf_counter() - start
-    return seconds, int(result.stdout.split()[-1]) * 1024
+    if result.returncode != 0:
+        sys.exit(result.stdout[-3000:])
+    peak = int(result.stdout.rsplit("PEAK", 1)[1].split()[0]) * 1024
+    return seconds, peak, result.stdout
+
+
+def engine_line(messages):
+    found = re.search(r"^Engine: (.*)$", messages, re.M)
+    return found.group(1) if found else ""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OneWorkerCluster:
+    """A real `dask scheduler` and one `dask worker` on 127.0.0.1."""
+
+    def __enter__(self):
+        from distributed import Client
+
+        self.address = "tcp://127.0.0.1:{}".format(free_port())
+        python_path = subprocess.check_output(
+            ["grass", "--config", "python_path"], text=True
+        ).strip()
+        env = {k: v for k, v in os.environ.items() if k not in ("GISRC",)}
+        env["PYTHONPATH"] = os.pathsep.join([python_path, os.path.join(REPO, "lib")])
+        common = dict(
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        port = self.address.rsplit(":", 1)[1]
+        self.processes = [
+            subprocess.Popen(
+                ["dask", "scheduler", "--host", "127.0.0.1", "--port", port]
+                + ["--no-dashboard"],
+                **common,
+            )
+        ]
+        self.processes.append(
+            subprocess.Popen(
+                ["dask", "worker", self.address, "--host", "127.0.0.1"]
+                + ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+                **common,
+            )
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(self.address, timeout=5) as client:
+                    client.wait_for_workers(1, timeout=60)
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def worker_peak(messages):
+    """Peak memory of the block processes, from the job's verbose summary."""
+    found = re.search(r"peak memory of a process (\d+) MB", messages)
+    return int(found.group(1)) if found else None
 
 
 def main():
-    from iann.models import fcn_for_prediction
+    from iann.dataset import read_band_stack
+    from iann.engines import KerasEngine, OnnxRuntimeEngine, OpenVinoEngine
+    from iann.grassio import refresh_region
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4000)
-    parser.add_argument("--filters", type=int, default=64)
     parser.add_argument("--tile-size", type=int, default=1024)
-    parser.add_argument("--sizes", default="", help="extra squares, module only")
-    parser.add_argument("--growth", type=int, default=0, help="side: memory growth")
-    parser.add_argument("--growth-filters", type=int, default=8)
+    parser.add_argument("--networks", default="fcn-32,fcn-64,unet-32")
+    parser.add_argument("--block-size", type=int, default=2048)
+    parser.add_argument("--no-blocks", action="store_true")
     args = parser.parse_args()
-    rows = []
+    threads = len(os.sched_getaffinity(0))
+    cells = args.size**2
+    shape = "{0} x {0}".format(args.size)
+    engine_rows, block_rows, exports = [], [], []
 
-    def add(row):
-        # Printed as measured too: the large runs take many minutes.
-        rows.append(row)
+    def show(row):
+        # Printed as measured too: the whole run takes an hour on 2 cores.
         print(" | ".join(str(x) for x in row), flush=True)
 
-    def module_row(label, bundle, bands, shape, base=None):
-        seconds, peak = run_module(bundle, bands, args.tile_size)
-        cells = shape[0] * shape[1]
-        ratios = ["{:.2f}".format(b / seconds) if b else "" for b in (base or ("", ""))]
-        add(
-            [label, "{} x {}".format(*shape), "{:.1f}".format(seconds)]
-            + ["{:.0f}".format(cells / seconds)]
-            + ratios
-            + ["{:.0f}".format(peak / 2**20)]
-        )
-        return peak
-
     with grass_session() as tmp:
-        bundle = os.path.join(tmp, "bundle")
-        model = make_bundle(bundle, args.filters)
-        shape = (args.size, args.size)
         bands = make_bands(args.size)
-        cells = args.size**2
-        floors = []
-        for label, network in (
-            ("model.predict, bundle's model, in memory", model),
-            ("model.predict, prediction form, in memory", fcn_for_prediction(model)),
-        ):
-            seconds = baseline(network, bands, args.tile_size)
-            floors.append(seconds)
-            add(
-                [label, "{} x {}".format(*shape), "{:.1f}".format(seconds)]
-                + ["{:.0f}".format(cells / seconds), "", "", ""]
-            )
-        for i, j in ((0, 4), (1, 5)):
-            rows[i][j] = "1.00"
-        rows[0][5] = "{:.2f}".format(floors[1] / floors[0])
-        rows[1][4] = "{:.2f}".format(floors[0] / floors[1])
-        module_row("i.ann.classify (whole module)", bundle, bands, shape, floors)
-        for size in [int(s) for s in args.sizes.split(",") if s]:
-            bands = make_bands(size)
-            module_row("i.ann.classify (whole module)", bundle, bands, (size, size))
-        if args.growth:
-            small = os.path.join(tmp, "small")
-            make_bundle(small, args.growth_filters)
-            peaks = []
-            for height in (args.growth, 2 * args.growth):
-                bands = make_bands(height, args.growth)
-                label = "i.ann.classify, fcn-{}".format(args.growth_filters)
-                peaks.append(module_row(label, small, bands, (height, args.growth)))
-    print(
-        "\ni.ann.classify, fcn with {} filters, 5 bands, tiles of {} cells\n".format(
-            args.filters, args.tile_size
+        refresh_region()
+        stack = np.ascontiguousarray(
+            np.moveaxis(read_band_stack(bands), 0, -1) / np.float32(100.0),
+            dtype=np.float32,
         )
-    )
+        for network in args.networks.split(","):
+            bundle = os.path.join(tmp, network)
+            model, metadata = make_bundle(bundle, network)
+            exports.append(
+                [network, "{:.1f}".format(metadata["onnx"]["export_seconds"])]
+            )
+            onnx = os.path.join(bundle, "model.onnx")
+            floor = None
+            for label, engine in (
+                ("TensorFlow predict, in memory", KerasEngine(model)),
+                ("ONNX Runtime, in memory", OnnxRuntimeEngine(onnx, threads)),
+                ("OpenVINO, in memory", OpenVinoEngine(onnx, threads)),
+            ):
+                seconds = in_memory(engine, stack, args.tile_size)
+                floor = floor or seconds
+                row = [network, label, "{:.1f}".format(seconds)]
+                row += ["{:.0f}".format(cells / seconds)]
+                row += ["{:.2f}".format(floor / seconds), ""]
+                engine_rows.append(row)
+                show(row)
+                del engine
+            for name in ("keras", "onnx", "openvino"):
+                seconds, peak, _messages = run_module(
+                    bundle,
+                    bands,
+                    engine=name,
+                    tile_size=args.tile_size,
+                    block_size=8192,
+                )
+                row = [network, "i.ann.classify engine=" + name]
+                row += ["{:.1f}".format(seconds), "{:.0f}".format(cells / seconds)]
+                row += ["{:.2f}".format(floor / seconds), "{:.0f}".format(peak / 2**20)]
+                engine_rows.append(row)
+                show(row)
+        if not args.no_blocks:
+            bundle = os.path.join(tmp, "fcn-32")
+            if not os.path.isdir(bundle):
+                make_bundle(bundle, "fcn-32")
+            one = None
+            runs = [
+                ("1 process, one block", {"block_size": 8192}),
+                (
+                    "1 process, blocks of {}".format(args.block_size),
+                    {"block_size": args.block_size},
+                ),
+                ("1 Dask worker (scheduler=)", {"block_size": args.block_size}),
+                (
+                    "nprocs=2 (LocalCluster)",
+                    {"block_size": args.block_size, "nprocs": 2},
+                ),
+            ]
+            for label, options in runs:
+                if label.startswith("1 Dask"):
+                    with OneWorkerCluster() as cluster:
+                        options = dict(options, scheduler=cluster.address)
+                        seconds, peak, messages = run_module(
+                            bundle, bands, tile_size=args.tile_size, **options
+                        )
+                else:
+                    seconds, peak, messages = run_module(
+                        bundle, bands, tile_size=args.tile_size, **options
+                    )
+                one = one or seconds
+                row = [
+                    label,
+                    "{:.1f}".format(seconds),
+                    "{:.0f}".format(cells / seconds),
+                ]
+                row += ["{:.2f}".format(one / seconds), "{:.0f}".format(peak / 2**20)]
+                row += [worker_peak(messages) or "", engine_line(messages)]
+                block_rows.append(row)
+                show(row)
+    title = "\nEngines, {} region, 5 bands, 7 classes, tiles of {} cells, {} cores\n"
+    print(title.format(shape, args.tile_size, threads))
     print_table(
-        [
-            "run",
-            "rows x cols",
-            "seconds",
-            "cells/s",
-            "x bundle's model.predict",
-            "x prediction form's",
-            "peak RSS (MB)",
-        ],
-        rows,
+        ["network", "run", "seconds", "cells/s", "x TF predict", "peak RSS (MB)"],
+        engine_rows,
     )
-    if args.growth:
-        print(
-            "\nPeak memory, region twice as tall: {:.2f} x".format(peaks[1] / peaks[0])
+    print("\nSeconds to export model.onnx (at the end of training)\n")
+    print_table(["network", "seconds"], exports)
+    if block_rows:
+        print("\nBlock path, fcn-32, engine=auto, {} region\n".format(shape))
+        print_table(
+            [
+                "run",
+                "seconds",
+                "cells/s",
+                "x 1 process, one block",
+                "peak RSS, any process (MB)",
+                "peak per block process (MB)",
+                "engine",
+            ],
+            block_rows,
         )
 
 

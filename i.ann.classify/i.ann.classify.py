@@ -88,16 +88,64 @@
 # % answer: 1024
 # % options: 16-8192
 # % description: Size in cells of the tiles predicted at once (without their margin)
-# % guisection: Tiling
+# % guisection: Processing
+# %end
+# %option
+# % key: block_size
+# % type: integer
+# % required: no
+# % answer: 2048
+# % options: 16-1000000
+# % label: Size in cells of the blocks a process classifies at a time
+# % description: The unit of parallel work and of resume; rounded to the network's pooling grid
+# % guisection: Processing
 # %end
 # %option G_OPT_M_NPROCS
-# % description: Number of processes, each classifying a strip of the region
-# % guisection: Tiling
+# % description: Number of processes on this machine, each classifying blocks (a Dask LocalCluster)
+# % guisection: Processing
+# %end
+# %option
+# % key: scheduler
+# % type: string
+# % required: no
+# % key_desc: address
+# % label: Address of a Dask scheduler to send the blocks to (e.g. tcp://host:8786)
+# % description: Its workers must see this GRASS database and the model bundle at the same paths
+# % guisection: Processing
+# %end
+# %option
+# % key: engine
+# % type: string
+# % required: no
+# % answer: auto
+# % options: auto,keras,onnx,openvino
+# % label: Engine that runs the network
+# % descriptions: auto;OpenVINO or ONNX Runtime on a CPU when the bundle has a valid model.onnx, else Keras;keras;the Keras model (GPU when the backend sees one);onnx;model.onnx in ONNX Runtime;openvino;model.onnx in OpenVINO
+# % guisection: Processing
+# %end
+# %option
+# % key: precision
+# % type: string
+# % required: no
+# % answer: float32
+# % options: float32,mixed_bfloat16,mixed_float16
+# % label: Numerical precision of the network (Keras engine)
+# % description: Mixed precisions compute in 16 bits, mainly for GPUs; mixed_float16 on a CPU falls back to float32
+# % guisection: Processing
+# %end
+# %option
+# % key: batch
+# % type: integer
+# % required: no
+# % answer: 1
+# % options: 1-256
+# % description: Tiles given to the network at once (more on a GPU)
+# % guisection: Processing
 # %end
 # %option G_OPT_MEMORYMB
 # % answer: 1024
-# % description: Memory in MB for the tile buffers (the tile size is reduced to fit)
-# % guisection: Tiling
+# % description: Memory in MB for the tile buffers of a process (the tile size is reduced to fit)
+# % guisection: Processing
 # %end
 # %option G_OPT_R_INPUT
 # % key: reference
@@ -138,18 +186,27 @@
 # % description: Only assess the map given by classified= against reference= (no prediction)
 # % guisection: Accuracy
 # %end
+# %flag
+# % key: g
+# % description: Each block asks the Dask workers for one GPU (workers started with --resources GPU=1)
+# % guisection: Processing
+# %end
 # %rules
 # % required: output, -e
 # % exclusive: input, group
+# % requires: output, input, group
+# % requires: output, model
 # % requires: report, reference
 # % requires: plot, reference
 # % requires: -e, classified
 # % requires: -e, reference
 # % requires: classified, -e
+# % requires: -g, scheduler
 # %end
 
 import atexit
 import os
+import signal
 import sys
 
 import grass.script as gs
@@ -175,323 +232,97 @@ def import_library():
         sys.path.insert(0, path)
 
 
+def stop(signum, frame):
+    # SIGTERM ends the run as Ctrl-C does: temporary maps removed, finished
+    # blocks kept for a rerun, existing outputs untouched.
+    raise KeyboardInterrupt
+
+
 def main(options, flags):
     import_library()
     from iann.errors import IannError
 
+    signal.signal(signal.SIGTERM, stop)
     try:
         if flags["e"]:
             return assess_only(options)
         return classify(options, flags)
     except IannError as error:
         gs.fatal(str(error))
-
-
-def check_reference(reference):
-    from iann.grassio import require_integer_map, require_rasters
-
-    (reference,) = require_rasters([reference])
-    require_integer_map(reference)
-    return reference
+    except KeyboardInterrupt:
+        gs.fatal(_("Interrupted"))
 
 
 def assess_only(options):
     """The accuracy report of an existing map (-e)."""
-    from iann.grassio import read_categories, require_rasters
+    from iann.assessment import assess, check_reference, classes_of_maps
+    from iann.grassio import require_rasters
 
     (classified,) = require_rasters([options["classified"]])
     reference = check_reference(options["reference"])
     check_report_files(options)
-    labels = read_categories(classified)
-    labels.update(
-        {k: v for k, v in read_categories(reference).items() if k not in labels}
-    )
-    classes = [{"value": v, "label": labels[v]} for v in sorted(labels)]
-    report_accuracy(options, classified, reference, classes, counter=None)
+    classes = classes_of_maps(classified, reference)
+    assess(classified, reference, classes, options["report"], options["plot"])
     return 0
 
 
 def classify(options, flags):
-    from iann.bundle import load_bundle, read_bundle_metadata
-    from iann.dataset import resampled_bands
-    from iann.errors import IannError
-    from iann.grassio import check_new_raster, group_members, require_rasters
-    from iann.prediction import (
-        classify_region,
-        image_statistics,
-        write_class_metadata,
-        write_segment_classes,
-    )
+    from iann.assessment import assess, check_reference
+    from iann.grassio import group_members
+    from iann.jobs import ClassifyRequest
+    from iann.jobs import classify as run_job
 
-    output = options["output"]
-    if not output:
-        raise IannError(_("Option <output> is required (or -e to assess a map)"))
-    if not options["model"]:
-        raise IannError(_("Option <model> is required"))
-    if not (options["input"] or options["group"]):
-        raise IannError(_("Option <input> or <group> is required"))
     if options["input"]:
         bands = options["input"].split(",")
     else:
         bands = group_members(options["group"])
     reference = options["reference"] or None
-    segments = options["segments"] or None
-    metadata = read_bundle_metadata(options["model"])
-    bands = require_rasters(bands)
-    if len(bands) != len(metadata["bands"]):
-        raise IannError(
-            _("Model <{}> was trained on {} bands ({}), {} were given").format(
-                options["model"],
-                len(metadata["bands"]),
-                ",".join(b["name"] for b in metadata["bands"]),
-                len(bands),
-            )
-        )
     if reference:
         reference = check_reference(reference)
-    if segments:
-        (segments,) = require_rasters([segments])
-    values = [c["value"] for c in metadata["classes"]]
-    probability_maps = (
-        ["{}_{}".format(options["probabilities"], v) for v in values]
-        if options["probabilities"]
-        else []
-    )
-    for name in [output, options["uncertainty"]] + probability_maps:
-        check_new_raster(name, gs.overwrite())
     check_report_files(options)
-
-    nprocs = int(options["nprocs"])
-    if nprocs > 1 and segments:
-        raise IannError(_("segments= needs nprocs=1 (segments may span strips)"))
-    metadata, model = load_bundle(options["model"])
-    normalisation = None
-    if flags["n"] or options["normalize"] == "image":
-        normalisation = image_statistics(bands)
-        gs.verbose(_("Band statistics recomputed on the input"))
-    method = (
-        metadata.get("dataset", {}).get("sampling", {}).get("resample") or "bilinear"
-    )
-    readable, _records = resampled_bands(bands, method, TEMPORARY_MAPS)
-    if nprocs > 1:
-        del model
-        return classify_in_strips(
-            options, flags, metadata, bands, readable, normalisation, nprocs
-        )
-
-    temporary = gs.append_node_pid("tmp_iann_classify")
-    pixel_map = temporary + "_pixels" if segments else temporary
-    temporary_probabilities = [temporary + "_p{}".format(v) for v in values]
-    temporary_probabilities = temporary_probabilities if probability_maps else []
-    temporary_uncertainty = temporary + "_u" if options["uncertainty"] else None
-    TEMPORARY_MAPS.extend(
-        [temporary, temporary_uncertainty]
-        + temporary_probabilities
-        + ([pixel_map] if segments else [])
-    )
-    region = gs.region()
-    gs.message(
-        _("Classifying {} x {} cells with <{}> (margin {} cells)").format(
-            region["rows"], region["cols"], options["model"], metadata["margin"]
-        )
-    )
-    result = classify_region(
-        model,
-        metadata,
-        readable,
-        pixel_map,
-        tile_size=int(options["tile_size"]),
-        reference=None if segments else reference,
-        probabilities=temporary_probabilities,
-        uncertainty=temporary_uncertainty,
+    request = ClassifyRequest(
+        bands=bands,
+        bundle=options["model"],
+        output=options["output"],
+        probabilities=options["probabilities"] or None,
+        uncertainty=options["uncertainty"] or None,
         uncertainty_method=options["uncertainty_method"],
+        segments=options["segments"] or None,
+        normalize_image=flags["n"] or options["normalize"] == "image",
         augment=flags["t"],
-        normalisation=normalisation,
+        engine=options["engine"],
+        precision=options["precision"],
+        tile_size=int(options["tile_size"]),
+        block_size=int(options["block_size"]),
         memory_mb=int(options["memory"]),
-        segments=segments,
+        batch=int(options["batch"]),
+        nprocs=int(options["nprocs"]),
+        scheduler=options["scheduler"] or None,
+        gpu=flags["g"],
+        overwrite=gs.overwrite(),
     )
-    if result["cells"] == 0:
-        raise IannError(
-            _("No cell of the region has data in all bands <{}>").format(
-                ",".join(bands)
-            )
-        )
-    gs.verbose(_("Tiles of {} cells").format(result["tile_size"]))
-    counter = result["counter"]
-    if segments:
-        counter = write_segment_classes(
-            temporary, segments, result["segment_sums"], values, reference
-        )
-    history = "i.ann.classify model={} input={}{}".format(
-        os.path.abspath(options["model"]),
-        ",".join(bands),
-        " segments={}".format(segments) if segments else "",
-    )
-    write_class_metadata(
-        temporary,
-        metadata,
-        title="Land cover classified by i.ann ({})".format(metadata["architecture"]),
-        history=history,
-    )
-    renames = [(temporary, output)]
-    for temp, name, c in zip(
-        temporary_probabilities, probability_maps, metadata["classes"]
-    ):
-        gs.run_command(
-            "r.support",
-            map=temp,
-            title="Probability of class {} ({})".format(c["value"], c["label"]),
-            history=history,
-        )
-        gs.run_command("r.colors", map=temp, color="viridis", quiet=True)
-        renames.append((temp, name))
-    if temporary_uncertainty:
-        gs.run_command(
-            "r.support",
-            map=temporary_uncertainty,
-            title="Uncertainty ({}) of the i.ann classification".format(
-                options["uncertainty_method"]
-            ),
-            history=history,
-        )
-        gs.run_command("r.colors", map=temporary_uncertainty, color="magma", quiet=True)
-        renames.append((temporary_uncertainty, options["uncertainty"]))
-    for temp, name in renames:
-        gs.run_command("g.rename", raster=(temp, name), overwrite=True, quiet=True)
-        TEMPORARY_MAPS.remove(temp)
-        gs.raster_history(name, overwrite=True)
-    gs.message(_("Classified map written to <{}>").format(output))
-    if probability_maps:
+    result = run_job(request, TEMPORARY_MAPS)
+    outputs = result.outputs
+    gs.message(_("Classified map written to <{}>").format(outputs.classes))
+    if outputs.probabilities:
         gs.message(
-            _("Probability maps written to <{}>").format(",".join(probability_maps))
+            _("Probability maps written to <{}>").format(
+                ",".join(outputs.probabilities)
+            )
         )
-    if options["uncertainty"]:
-        gs.message(_("Uncertainty map written to <{}>").format(options["uncertainty"]))
+    if outputs.uncertainty:
+        gs.message(_("Uncertainty map written to <{}>").format(outputs.uncertainty))
     if reference:
-        report_accuracy(options, output, reference, metadata["classes"], counter)
-    return 0
+        from iann.bundle import read_bundle_metadata
 
-
-def classify_in_strips(
-    options, flags, metadata, bands, readable, normalisation, nprocs
-):
-    """Run nprocs copies of the module, one per strip of rows, and merge them.
-
-    Each copy reads its strip plus the margin (GRASS_REGION), so the merged
-    cores equal a single run cell for cell. The same scheme splits a region
-    across machines (see the manual).
-    """
-    import json
-    import tempfile
-
-    from iann.bundle import METADATA, MODEL_FILE
-    from iann.errors import IannError
-    from iann.prediction import (
-        merge_strips,
-        strip_region_env,
-        strips,
-        write_class_metadata,
-    )
-
-    region = gs.region()
-    cores = strips(
-        region["rows"],
-        nprocs,
-        int(metadata["margin"]),
-        int(metadata.get("size_multiple", 1)),
-    )
-    bundle = options["model"]
-    work = tempfile.mkdtemp(prefix="i.ann.classify.")
-    TEMPORARY_FOLDERS.append(work)
-    if normalisation is not None:
-        # Statistics of the whole input, not of each strip: a bundle copy
-        # carries them to the workers.
-        bundle = os.path.join(work, "bundle")
-        os.makedirs(bundle)
-        os.symlink(
-            os.path.abspath(os.path.join(options["model"], MODEL_FILE)),
-            os.path.join(bundle, MODEL_FILE),
-        )
-        changed = dict(
-            metadata,
-            normalisation={
-                "method": "image",
-                "mean": normalisation[0].tolist(),
-                "std": normalisation[1].tolist(),
-            },
-        )
-        with open(os.path.join(bundle, METADATA), "w") as f:
-            json.dump(changed, f)
-    base = gs.append_node_pid("tmp_iann_strip")
-    values = [c["value"] for c in metadata["classes"]]
-    processes = []
-    gs.message(_("Classifying {} strips in {} processes").format(len(cores), nprocs))
-    for i, (_start, _stop, low, high) in enumerate(cores):
-        name = "{}_{}".format(base, i)
-        TEMPORARY_MAPS.append(name)
-        kwargs = dict(
-            input=",".join(readable),
-            model=bundle,
-            output=name,
-            tile_size=options["tile_size"],
-            memory=options["memory"],
-            uncertainty_method=options["uncertainty_method"],
-            nprocs=1,
-            quiet=True,
-            overwrite=True,
-        )
-        if options["probabilities"]:
-            kwargs["probabilities"] = name + "_p"
-            TEMPORARY_MAPS.extend("{}_p_{}".format(name, v) for v in values)
-        if options["uncertainty"]:
-            kwargs["uncertainty"] = name + "_u"
-            TEMPORARY_MAPS.append(name + "_u")
-        env = dict(os.environ, GRASS_REGION=strip_region_env(region, low, high))
-        processes.append(
-            gs.start_command(
-                "i.ann.classify", flags="t" if flags["t"] else "", env=env, **kwargs
-            )
-        )
-    failed = [p.wait() for p in processes]
-    if any(failed):
-        raise IannError(_("A strip of the region failed to classify"))
-    names = ["{}_{}".format(base, i) for i in range(len(cores))]
-    temporary = base + "_merged"
-    TEMPORARY_MAPS.append(temporary)
-    merge_strips(temporary, names, cores)
-    history = "i.ann.classify model={} input={} nprocs={}".format(
-        os.path.abspath(options["model"]), ",".join(bands), nprocs
-    )
-    write_class_metadata(
-        temporary,
-        metadata,
-        title="Land cover classified by i.ann ({})".format(metadata["architecture"]),
-        history=history,
-    )
-    renames = [(temporary, options["output"])]
-    if options["probabilities"]:
-        for v in values:
-            merged = "{}_p_{}".format(temporary, v)
-            TEMPORARY_MAPS.append(merged)
-            merge_strips(
-                merged, ["{}_p_{}".format(n, v) for n in names], cores, "FCELL"
-            )
-            gs.run_command("r.colors", map=merged, color="viridis", quiet=True)
-            renames.append((merged, "{}_{}".format(options["probabilities"], v)))
-    if options["uncertainty"]:
-        merged = temporary + "_u"
-        TEMPORARY_MAPS.append(merged)
-        merge_strips(merged, [n + "_u" for n in names], cores, "FCELL")
-        gs.run_command("r.colors", map=merged, color="magma", quiet=True)
-        renames.append((merged, options["uncertainty"]))
-    for temp, name in renames:
-        gs.run_command("g.rename", raster=(temp, name), overwrite=True, quiet=True)
-        TEMPORARY_MAPS.remove(temp)
-        gs.raster_history(name, overwrite=True)
-    gs.message(_("Classified map written to <{}>").format(options["output"]))
-    if options["reference"]:
-        report_accuracy(
-            options, options["output"], options["reference"], metadata["classes"], None
+        classes = read_bundle_metadata(options["model"])["classes"]
+        assess(
+            outputs.classes,
+            reference,
+            classes,
+            options["report"],
+            options["plot"],
+            options["model"],
         )
     return 0
 
@@ -506,76 +337,7 @@ def check_report_files(options):
         check_new_file(options["plot"], gs.overwrite(), _("Plot file"))
 
 
-def report_accuracy(options, classified, reference, classes, counter):
-    """Print the accuracy report; write it as JSON and a plot when asked."""
-    from iann.accuracy import (
-        PairCounter,
-        accuracy_report,
-        format_report,
-        plot_confusion,
-        write_report,
-    )
-    from iann.grassio import RowReader, read_int_rows
-
-    if counter is None:
-        counter = PairCounter()
-        readers = [RowReader(classified), RowReader(reference)]
-        rows = gs.region()["rows"]
-        try:
-            for row0 in range(0, rows, 256):
-                row1 = min(rows, row0 + 256)
-                mapped, truth = (read_int_rows(r, row0, row1) for r in readers)
-                counter.add(truth, mapped)
-        finally:
-            for reader in readers:
-                reader.close()
-    region = gs.region()
-    mapped_cells = {
-        int(value): int(count)
-        for value, count in (
-            line.split()
-            for line in gs.read_command(
-                "r.stats", input=classified, flags="cn", quiet=True
-            ).splitlines()
-        )
-    }
-    report = accuracy_report(
-        counter,
-        classes,
-        mapped_cells=mapped_cells,
-        cell_area=region["nsres"] * region["ewres"],
-    )
-    if report is None:
-        gs.warning(
-            _("Reference map <{}> has no labelled cell where <{}> has data").format(
-                reference, classified
-            )
-        )
-        return
-    report["map"] = classified
-    report["reference"] = reference
-    if options["model"]:
-        report["model"] = os.path.abspath(options["model"])
-    print(format_report(report))
-    if report["unseen_reference_classes"]:
-        gs.warning(
-            _("Reference map <{}> has classes the model never saw: {}").format(
-                reference, ", ".join(str(v) for v in report["unseen_reference_classes"])
-            )
-        )
-    if options["report"]:
-        write_report(options["report"], report)
-        gs.message(_("Accuracy report written to <{}>").format(options["report"]))
-    if options["plot"]:
-        plot_confusion(options["plot"], report)
-        gs.message(_("Confusion matrix plot written to <{}>").format(options["plot"]))
-
-
 def cleanup():
-    import shutil
-
-    for folder in TEMPORARY_FOLDERS:
-        shutil.rmtree(folder, ignore_errors=True)
     for name in TEMPORARY_MAPS:
         if name:
             gs.run_command(
@@ -589,7 +351,6 @@ def cleanup():
 
 
 TEMPORARY_MAPS = []
-TEMPORARY_FOLDERS = []
 
 if __name__ == "__main__":
     options, flags = gs.parser()

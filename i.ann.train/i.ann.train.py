@@ -23,6 +23,7 @@
 # %end
 # %option G_OPT_M_DIR
 # % key: input
+# % required: no
 # % description: Patch dataset folder written by i.ann.patches
 # % guisection: Input
 # %end
@@ -164,6 +165,16 @@
 # % guisection: Training
 # %end
 # %option
+# % key: precision
+# % type: string
+# % required: no
+# % answer: float32
+# % options: float32,mixed_bfloat16,mixed_float16
+# % label: Numerical precision of training
+# % description: Mixed precisions compute in 16 bits with float32 weights (GPUs); mixed_float16 on a CPU falls back to float32; the bundle holds float32 weights either way
+# % guisection: Training
+# %end
+# %option
 # % key: seed
 # % type: integer
 # % required: no
@@ -185,10 +196,10 @@
 # %option
 # % key: output
 # % type: string
-# % required: yes
+# % required: no
 # % gisprompt: new,file,file
 # % label: Name of the model bundle folder to create
-# % description: Keras model and metadata.json, read by i.ann.classify
+# % description: model.keras, model.onnx and metadata.json, read by i.ann.classify
 # % guisection: Output
 # %end
 # %option G_OPT_F_OUTPUT
@@ -196,6 +207,19 @@
 # % required: no
 # % label: Name of a PNG file for the loss and accuracy curves
 # % guisection: Output
+# %end
+# %option G_OPT_M_DIR
+# % key: export
+# % required: no
+# % label: Only add model.onnx to this existing model bundle (no training)
+# % description: For bundles written without one; replaces an existing model.onnx only with --overwrite
+# % guisection: Output
+# %end
+# %rules
+# % required: input, export
+# % exclusive: input, export
+# % requires: input, output
+# % exclusive: export, output
 # %end
 
 import os
@@ -253,7 +277,36 @@ def training_settings(options, flags):
         "pretrained": options["pretrained"] or None,
         "freeze": listed("freeze"),
         "dataset_statistics": flags["n"],
+        "precision": options["precision"],
     }
+
+
+def export_only(folder):
+    """Add model.onnx to an existing bundle."""
+    from iann.bundle import add_onnx, load_bundle, write_metadata
+    from iann.errors import IannError
+    from iann.onnx_export import ONNX_FILE
+
+    metadata, model = load_bundle(folder)
+    if os.path.exists(os.path.join(folder, ONNX_FILE)) and not gs.overwrite():
+        raise IannError(
+            _("Model bundle <{}> has a {}; use --overwrite to replace it").format(
+                folder, ONNX_FILE
+            )
+        )
+    metadata, problem = add_onnx(folder, model, metadata)
+    if problem:
+        raise IannError(
+            _("The network of <{}> cannot be exported to ONNX: {}").format(
+                folder, problem
+            )
+        )
+    write_metadata(folder, metadata)
+    gs.message(
+        _("Added {} to <{}> ({:.1f} s)").format(
+            ONNX_FILE, folder, metadata["onnx"]["export_seconds"]
+        )
+    )
 
 
 def main(options, flags):
@@ -261,6 +314,11 @@ def main(options, flags):
     from iann.errors import IannError
     from iann.folders import atomic_folder, check_new_file, check_new_folder
 
+    if options["export"]:
+        try:
+            return export_only(options["export"])
+        except IannError as error:
+            gs.fatal(str(error))
     try:
         output = check_new_folder(options["output"], gs.overwrite(), _("Model bundle"))
         plot = options["plot"]
@@ -283,7 +341,14 @@ def main(options, flags):
             options["input"], settings, checkpoint=checkpoint, resume=flags["r"]
         )
         with atomic_folder(output, gs.overwrite()) as folder:
-            save_bundle(folder, model, metadata)
+            metadata, problem = save_bundle(folder, model, metadata)
+        if problem:
+            gs.warning(
+                _(
+                    "No model.onnx in <{}>: the network cannot be exported ({}); "
+                    "i.ann.classify will use Keras"
+                ).format(output, problem)
+            )
         shutil.rmtree(checkpoint, ignore_errors=True)
         if plot:
             plot_history(

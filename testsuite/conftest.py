@@ -165,6 +165,8 @@ def nc_data(tmp_path_factory):
 def synthetic_patches(grass_session, tmp_path_factory):
     """A dataset of 16 x 16 patches of the synthetic maps (shared by tests)."""
     folder = tmp_path_factory.mktemp("patches") / "patches"
+    # Back to the mapset of the test that first asked for the dataset.
+    caller = gs.gisenv()["MAPSET"]
     gs.run_command("g.mapset", flags="c", mapset="shared_training", quiet=True)
     gs.run_command("g.region", n=1800, s=0, e=2400, w=0, res=30, quiet=True)
     bands, reference = make_synthetic()
@@ -177,7 +179,7 @@ def synthetic_patches(grass_session, tmp_path_factory):
         number=120,
         seed=1,
     )
-    gs.run_command("g.mapset", mapset="PERMANENT", quiet=True)
+    gs.run_command("g.mapset", mapset=caller, quiet=True)
     return folder
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import MODULES, install_addon
 
-LIBRARY_FILES = ("__init__.py", "dataset.py", "models.py", "prediction.py")
+LIBRARY_FILES = ("__init__.py", "dataset.py", "models.py", "pipeline.py", "jobs.py")
 
 
 def test_installed_files(grass_session):

@@ -20,14 +20,39 @@ METADATA = "metadata.json"
 CUSTOM_ARCHITECTURE = "architecture.py"
 
 
-def save_bundle(folder, model, metadata):
-    """Write model and metadata into `folder` (an existing, empty folder)."""
+def save_bundle(folder, model, metadata, export=True):
+    """Write model and metadata into `folder` (an existing, empty folder).
+
+    With `export`, model.onnx too (onnx_export.py). Returns the metadata as
+    written and, when the network could not be exported, why.
+    """
     model.save(os.path.join(folder, MODEL_FILE))
     source = metadata.get("architecture_file")
     if source:
         shutil.copyfile(source, os.path.join(folder, CUSTOM_ARCHITECTURE))
-    with open(os.path.join(folder, METADATA), "w") as f:
+    problem = None
+    if export:
+        metadata, problem = add_onnx(folder, model, metadata)
+    write_metadata(folder, metadata)
+    return metadata, problem
+
+
+def add_onnx(folder, model, metadata):
+    """Export model.onnx into the bundle; the metadata with its record."""
+    from .onnx_export import export_onnx
+
+    record, problem = export_onnx(folder, model, metadata)
+    if record is None:
+        return {k: v for k, v in metadata.items() if k != "onnx"}, problem
+    return dict(metadata, onnx=record), None
+
+
+def write_metadata(folder, metadata):
+    """metadata.json, replaced in one step."""
+    path = os.path.join(folder, METADATA)
+    with open(path + ".tmp", "w") as f:
         json.dump(metadata, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def read_bundle_metadata(folder):
@@ -53,11 +78,21 @@ def read_bundle_metadata(folder):
     return metadata
 
 
-def load_bundle(folder):
+def load_bundle(folder, precision="float32"):
     """Metadata and Keras model of a bundle."""
+    metadata = read_bundle_metadata(folder)
+    return metadata, load_model(folder, metadata, precision)
+
+
+def load_model(folder, metadata, precision="float32"):
+    """The Keras model of a bundle, computing in `precision`.
+
+    A mixed precision (mixed_bfloat16, mixed_float16) gives a copy of the
+    network whose layers compute in 16 bits with the same (float32)
+    weights; the probabilities stay float32.
+    """
     import keras
 
-    metadata = read_bundle_metadata(folder)
     custom = os.path.join(folder, CUSTOM_ARCHITECTURE)
     if os.path.isfile(custom):
         from .models import load_custom_builder
@@ -69,4 +104,8 @@ def load_bundle(folder):
         raise IannError(
             _("Cannot load the model of bundle <{}>: {}").format(folder, error)
         )
-    return metadata, model
+    if precision != "float32":
+        from .models import with_precision
+
+        model = with_precision(model, precision)
+    return model

@@ -7,12 +7,13 @@ resampling) and the MASK as every GRASS module does.
 """
 
 import ctypes
+from contextlib import contextmanager
 
 import numpy as np
 
 import grass.script as gs
 
-CELL_NULL = np.iinfo(np.int32).min
+from .pipeline import CELL_NULL  # noqa: F401 - the library's CELL NULL value
 
 _initialised = False
 
@@ -33,12 +34,14 @@ def refresh_region():
     """Make the C library read the current region again.
 
     The library caches the region on first use; a caller that changed the
-    region in this process (tests, scripts) must refresh it before opening
-    maps.
+    region in this process (tests, scripts, block windows) must refresh it
+    before opening maps. The windows are initialised at once: left for
+    later, a map opened next would be mapped to the stale window.
     """
     libgis, libraster = _lib()
     libgis.G_unset_window()
     libraster.Rast_unset_window()
+    libraster.Rast__init_window()
 
 
 def region_shape():
@@ -116,7 +119,7 @@ class RowReader:
         _, self._lib = _lib()
         base, mapset = split_name(name)
         self.fd = self._lib.Rast_open_old(base, mapset)
-        self.cols = self._lib.Rast_window_cols()
+        self.cols = self._lib.Rast_input_window_cols()
         self._fptr = ctypes.POINTER(self._lib.FCELL)
         self._cptr = ctypes.POINTER(self._lib.CELL)
 
@@ -132,6 +135,12 @@ class RowReader:
         if self.fd is not None:
             self._lib.Rast_close(self.fd)
             self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class RowWriter:
@@ -166,6 +175,76 @@ class RowWriter:
         if self.fd is not None:
             self._lib.Rast_unopen(self.fd)
             self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        # A map is written only when everything before it went well.
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def _cell_head(region, window, base):
+    """A Cell_head of `window` (tiling.Window) of `region` (gs.region())."""
+    libgis, _ = _lib()
+    head = libgis.Cell_head()
+    ctypes.memmove(ctypes.byref(head), ctypes.byref(base), ctypes.sizeof(base))
+    head.north = region["n"] - window.row0 * region["nsres"]
+    head.south = region["n"] - window.row1 * region["nsres"]
+    head.west = region["w"] + window.col0 * region["ewres"]
+    head.east = region["w"] + window.col1 * region["ewres"]
+    head.rows, head.cols = window.rows, window.cols
+    # Already consistent: G_adjust_Cell_head would recompute the
+    # resolutions from the extent and report rounding as a change.
+    head.ns_res, head.ew_res = region["nsres"], region["ewres"]
+    return head
+
+
+@contextmanager
+def block_windows(region, read, written):
+    """Read the cells of `read` and write those of `written` (tiling.Window).
+
+    The raster library keeps one window for reading and one for writing:
+    maps opened inside read `read` and new maps cover `written`. Both go
+    back to the current region afterwards.
+    """
+    libgis, libraster = _lib()
+    base = libgis.Cell_head()
+    libgis.G_get_window(ctypes.byref(base))
+    # Initialise the library's windows now: left for later, they would be
+    # initialised from G's window, which setting the output window changes.
+    libraster.Rast__init_window()
+    libraster.Rast_set_output_window(ctypes.byref(_cell_head(region, written, base)))
+    libraster.Rast_set_input_window(ctypes.byref(_cell_head(region, read, base)))
+    try:
+        yield
+    finally:
+        refresh_region()
+
+
+@contextmanager
+def in_mapset(gisdbase, location, mapset):
+    """New maps of this process go to `mapset` of the project (not GISRC's).
+
+    Automatic masking is off inside: the caller applies the MASK it wants.
+    """
+    libgis, libraster = _lib()
+    keys = (b"GISDBASE", b"LOCATION_NAME", b"MAPSET")
+    before = [libgis.G_getenv_nofatal(key) for key in keys]
+    for key, value in zip(keys, (gisdbase, location, mapset)):
+        libgis.G_setenv_nogisrc(key, value.encode())
+    libraster.Rast_suppress_masking()
+    try:
+        yield
+    finally:
+        libraster.Rast_unsuppress_masking()
+        for key, value in zip(keys, before):
+            if value is not None:
+                libgis.G_setenv_nogisrc(key, value)
+        refresh_region()
 
 
 def read_rows(readers, row_start, row_stop):

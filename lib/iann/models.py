@@ -43,9 +43,13 @@ def dilated_block(x, filters, kernel_size, padding, name):
 
 
 def classifier_head(x, n_classes):
-    """1x1 convolution to class scores and a softmax over classes."""
+    """1x1 convolution to class scores and a softmax over classes.
+
+    The softmax computes in float32 whatever the precision policy, so that
+    mixed-precision networks give float32 probabilities and losses.
+    """
     x = layers.Conv2D(n_classes, 1, name="head_conv")(x)
-    return layers.Softmax(axis=-1, name="head_softmax")(x)
+    return layers.Softmax(axis=-1, name="head_softmax", dtype="float32")(x)
 
 
 def fcn_features(inputs, filters):
@@ -101,7 +105,7 @@ def fcn_for_prediction(model):
         )
         part = head_parts[-1](block)
         scores = part if scores is None else layers.Add()([scores, part])
-    outputs = layers.Softmax(axis=-1, name="head_softmax")(scores)
+    outputs = layers.Softmax(axis=-1, name="head_softmax", dtype="float32")(scores)
     lean = keras.Model(inputs, outputs, name="fcn_for_prediction")
     for i, layer in enumerate(head_parts):
         part = kernel[:, :, i * filters : (i + 1) * filters]
@@ -118,6 +122,25 @@ def fcn_for_prediction(model):
     if not np.allclose(np.asarray(lean.predict_on_batch(probe)), expected, atol=1e-5):
         return None
     return lean
+
+
+def with_precision(model, precision):
+    """A copy of `model` whose layers compute in a mixed-precision policy.
+
+    `precision` is a Keras policy name (mixed_bfloat16, mixed_float16):
+    weights stay float32, layers compute in 16 bits, softmax layers in
+    float32 (probabilities keep their precision).
+    """
+
+    def clone(layer):
+        config = layer.get_config()
+        keep = isinstance(layer, layers.Softmax)
+        config["dtype"] = "float32" if keep else precision
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def double_conv(x, filters, name):

@@ -28,9 +28,10 @@ from .models import (
     receptive_field,
     size_multiple,
     tiling_margin,
+    with_precision,
 )
 from .normalise import band_transform, bundle_transform, standardise
-from .prediction import dihedral
+from .augmentation import dihedral
 
 LOSSES = ("crossentropy", "focal")
 DEFAULT_FILTERS = {"fcn": 32, "unet": 32, "resunet": 32}
@@ -52,6 +53,7 @@ DEFAULTS = {
     "pretrained": None,
     "freeze": None,
     "dataset_statistics": False,
+    "precision": "float32",
 }
 
 
@@ -514,6 +516,30 @@ def data_parallel_scope():
     return contextlib.nullcontext()
 
 
+def usable_precision(precision):
+    """The precision to compute in: float16 only where a GPU is."""
+    if precision == "mixed_float16" and not accelerators():
+        gs.warning(
+            _("precision=mixed_float16 needs a GPU; computing in float32 on the CPU")
+        )
+        return "float32"
+    return precision
+
+
+@contextlib.contextmanager
+def precision_policy(precision):
+    """Layers built inside compute in `precision` (a Keras dtype policy).
+
+    Keras wraps the optimizer of a mixed_float16 model in its loss scaling
+    at compile time; the softmax of the built-in heads stays float32.
+    """
+    keras.mixed_precision.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
 def head_layer(model):
     """The classifier: the last layer with weights."""
     return [layer for layer in model.layers if layer.weights][-1]
@@ -660,7 +686,7 @@ def prepare(dataset, settings):
             ).format(architecture, params["depth"], multiple, patch_size)
         )
     keras.utils.set_random_seed(settings["seed"])
-    with data_parallel_scope():
+    with data_parallel_scope(), precision_policy(settings["precision"]):
         model = build_model(architecture, (None, None, n_bands), n_classes, **params)
         check_output_shape(model, architecture, patch_size, n_bands, n_classes)
         copied = []
@@ -699,6 +725,7 @@ def train(dataset, settings=None, checkpoint=None, resume=False):
     per-epoch checkpoint; with `resume`, training goes on from it.
     """
     settings = {**DEFAULTS, **(settings or {})}
+    settings["precision"] = usable_precision(settings["precision"])
     state = None
     if resume:
         state = read_checkpoint(checkpoint) if checkpoint else None
@@ -805,6 +832,9 @@ def train(dataset, settings=None, checkpoint=None, resume=False):
         )
     if progress.best_weights is not None:
         model.set_weights(progress.best_weights)
+    if settings["precision"] != "float32":
+        # Bundles hold a float32 network; i.ann.classify picks its precision.
+        model = with_precision(model, "float32")
     field, how = receptive_field(model, len(band_indices), ready["multiple"])
     metadata = bundle_metadata(
         dataset, settings, ready, progress, class_weights, mean, std, field, how
@@ -860,6 +890,7 @@ def bundle_metadata(
             "augment": settings["augment"],
             "patience": settings["patience"],
             "seed": settings["seed"],
+            "precision": settings["precision"],
             "pretrained": settings["pretrained"],
             "layers_copied": ready["copied"],
             "frozen": settings["freeze"],
@@ -871,6 +902,7 @@ def bundle_metadata(
             "path": dataset,
             "reference": data_meta["reference"],
             "region": data_meta["region"],
+            "projection": data_meta.get("projection", ""),
             "sampling": {
                 k: v for k, v in data_meta["sampling"].items() if k != "origins"
             },

@@ -1,0 +1,183 @@
+"""Dask distributed runs the blocks of a job in many processes.
+
+`nprocs=N` starts a LocalCluster of N single-threaded worker processes on
+this machine (nothing to set up); `scheduler=ADDRESS` sends the blocks to
+an existing Dask cluster (`dask scheduler` and `dask worker`, dask-jobqueue
+on SLURM or PBS, Kubernetes). Dask schedules, balances and reschedules the
+blocks of a lost worker; i.ann only says what a block is (blocks.py).
+"""
+
+import importlib.util
+import logging
+import os
+from collections import Counter
+
+from .blocks import run_block
+from .errors import IannError
+
+# Seconds to reach a scheduler, and to wait for its first worker.
+CONNECT_TIMEOUT = 10
+WORKER_TIMEOUT = 60
+
+
+def cores_available():
+    """Cores this process may use (its CPU affinity: cgroups, taskset, SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def thread_environment(threads):
+    """Environment that limits the numerical libraries of a worker process."""
+    value = str(threads)
+    return {
+        "TF_NUM_INTRAOP_THREADS": value,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": value,
+        "OPENBLAS_NUM_THREADS": value,
+        "MKL_NUM_THREADS": value,
+    }
+
+
+class DaskCluster:
+    """A Dask client on a LocalCluster or on an existing scheduler.
+
+    Used as a context manager: a LocalCluster and its worker processes are
+    stopped at the end, whatever happens; an existing cluster is left
+    running.
+    """
+
+    def __init__(self, nprocs=1, scheduler=None, threads=1):
+        self.nprocs = nprocs
+        self.scheduler = scheduler
+        self.threads = threads
+        self.cluster = None
+        self.client = None
+
+    def __enter__(self):
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            try:
+                self.client = Client(
+                    self.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False
+                )
+            except (OSError, TimeoutError) as error:
+                raise IannError(
+                    _("Cannot reach the Dask scheduler <{}>: {}").format(
+                        self.scheduler, error
+                    )
+                ) from None
+            try:
+                self.client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+            except TimeoutError:
+                self.client.close()
+                raise IannError(
+                    _("No Dask worker joined the scheduler <{}> in {} s").format(
+                        self.scheduler, WORKER_TIMEOUT
+                    )
+                ) from None
+            return self
+        self.cluster = LocalCluster(
+            n_workers=self.nprocs,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=thread_environment(self.threads),
+        )
+        self.client = Client(self.cluster, set_as_default=False)
+        return self
+
+    def __exit__(self, *exc):
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def workers(self):
+        return self.client.scheduler_info()["workers"]
+
+    def check_workers(self, job):
+        """Clear errors for workers that cannot see the library, data or bundle."""
+        checks = (
+            (
+                importlib.util.find_spec,
+                "iann",
+                _("cannot import the i.ann library (add its folder to PYTHONPATH)"),
+            ),
+            (
+                os.path.isdir,
+                os.path.join(job.gisdbase, job.location, "PERMANENT"),
+                _(
+                    "cannot see the GRASS project <{}> (the GRASS database must "
+                    "be on a filesystem shared by all workers)"
+                ).format(os.path.join(job.gisdbase, job.location)),
+            ),
+            (
+                os.path.isfile,
+                os.path.join(job.bundle, "metadata.json"),
+                _("cannot see the model bundle <{}>").format(job.bundle),
+            ),
+        )
+        for check, argument, problem in checks:
+            answers = self.client.run(check, argument, on_error="return")
+            blind = sorted(
+                worker
+                for worker, answer in answers.items()
+                if not answer or isinstance(answer, Exception)
+            )
+            if blind:
+                raise IannError(
+                    _("Dask worker <{}> {}").format(", ".join(blind), problem)
+                )
+
+    def threads_per_worker(self):
+        """Each worker's share of the cores of its machine (the smallest)."""
+        if self.cluster is not None:
+            return self.threads
+        workers = self.workers()
+        per_host = Counter(info["host"] for info in workers.values())
+        cores = self.client.run(cores_available)
+        return max(
+            1,
+            min(
+                cores[address] // per_host[info["host"]]
+                for address, info in workers.items()
+            ),
+        )
+
+    def run(self, job, blocks, gpu=False, on_done=None):
+        """Classify `blocks` on the cluster; yield BlockResults as they come."""
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        futures = [
+            self.client.submit(
+                run_block,
+                job,
+                block,
+                key="i.ann-{}-{}".format(job.id, block.index),
+                pure=False,
+                resources={"GPU": 1} if gpu else None,
+            )
+            for block in blocks
+        ]
+        by_key = {f.key: b for f, b in zip(futures, blocks)}
+        try:
+            for future in as_completed(futures, loop=self.client.loop):
+                try:
+                    result = future.result()
+                except KilledWorker:
+                    from .blocks import describe
+
+                    raise IannError(
+                        _(
+                            "The Dask workers classifying {} died several times "
+                            "(out of memory?)"
+                        ).format(describe(job, by_key[future.key]))
+                    ) from None
+                on_done(result)
+        finally:
+            self.client.cancel(futures)

@@ -1,0 +1,232 @@
+"""The tile pipeline: one block classified from a source into a sink.
+
+The block is processed one tile row at a time: the rows of a tile row plus
+the margin above and below are read, each tile is predicted with the same
+margin left and right, and only the tile's core is kept. Every output cell
+thus sees its whole receptive field, and the result does not depend on the
+tile or block size; at the region's edges the network pads with zeros
+itself, as on a training patch.
+
+Reading the next tile row and writing the last one happen in one I/O
+thread while the network works on the current one (GRASS's raster library
+is used from that thread alone); tiles of the same shape can go to the
+network several at a time (`batch`). A source and a sink are anything with
+`read(window)` and `write(window, classes, probabilities, uncertainty)`:
+GRASS maps (blocks.py) or arrays in memory (below), through the same code.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .augmentation import dihedral, undo_dihedral
+from .normalise import standardise_bands
+from .tiling import tile_row_windows, tile_windows
+
+CELL_NULL = np.iinfo(np.int32).min
+UNCERTAINTY_METHODS = ("entropy", "margin")
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """How tiles become outputs; the same for every block of a job."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    values: tuple
+    margin: int
+    multiple: int = 1
+    augment: bool = False
+    probabilities: bool = False
+    uncertainty: str = None
+    batch: int = 1
+
+
+@dataclass
+class BlockStats:
+    """What classifying a block did, for messages and benchmarks."""
+
+    cells: int = 0
+    tiles: int = 0
+    network_seconds: float = 0.0
+    seconds: float = 0.0
+    mapped: np.ndarray = field(default=None, repr=False)
+
+
+def padded_to(tile, multiple):
+    """The tile with zero rows and columns added to multiples of `multiple`.
+
+    Zero is the band mean once standardised, as at the edges of training
+    patches; networks with poolings (unet, resunet) need these sizes.
+    """
+    rows, cols = tile.shape[:2]
+    extra = (-rows % multiple, -cols % multiple)
+    if extra == (0, 0):
+        return tile
+    return np.pad(tile, ((0, extra[0]), (0, extra[1]), (0, 0)))
+
+
+def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
+    """Class probabilities (rows, cols, classes) of standardised tiles.
+
+    With `augment`, the mean over the 8 flips and rotations of each tile
+    (test-time augmentation), each mapped back before averaging, summed in
+    the order of the transforms. Consecutive views of the same padded
+    shape go to the engine together, up to `batch` at a time.
+    """
+    views = [(i, k) for i in range(len(tiles)) for k in (range(8) if augment else (0,))]
+    sums = [None] * len(tiles)
+    pending = []
+
+    def flush():
+        stacked = (
+            pending[0][2][np.newaxis]
+            if len(pending) == 1
+            else np.stack([view for _i, _k, view, _shape in pending])
+        )
+        out = engine.predict(stacked)
+        for (i, k, _view, (rows, cols)), probabilities in zip(pending, out):
+            if augment:
+                probabilities = undo_dihedral(probabilities, k)
+            probabilities = probabilities[:rows, :cols]
+            sums[i] = probabilities if sums[i] is None else sums[i] + probabilities
+        pending.clear()
+
+    for i, k in views:
+        # Padded before turning: the poolings of every view then group the
+        # cells on the region's grid, as in a tile of any other size.
+        padded = padded_to(tiles[i], multiple)
+        view = np.ascontiguousarray(dihedral(padded, k)) if augment else padded
+        if pending and (view.shape != pending[0][2].shape or len(pending) == batch):
+            flush()
+        pending.append((i, k, view, tiles[i].shape[:2]))
+    if pending:
+        flush()
+    return [s / 8 if augment else s for s in sums]
+
+
+def uncertainty_of(probabilities, method):
+    """Per-cell uncertainty in 0..1: normalised entropy or 1 - top-2 margin."""
+    if method == "entropy":
+        p = np.clip(probabilities, 1e-12, 1.0)
+        entropy = -(p * np.log(p)).sum(axis=-1)
+        return entropy / np.log(probabilities.shape[-1])
+    top = np.sort(probabilities, axis=-1)
+    return 1.0 - (top[..., -1] - top[..., -2])
+
+
+def read_standardised(source, window, settings):
+    """A tile row of the source, standardised in place, and its NULL cells."""
+    block = source.read(window)
+    nulls = np.isnan(block).any(axis=0)
+    return standardise_bands(block, settings.mean, settings.std), nulls
+
+
+def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, stats):
+    """Classes (and probabilities, uncertainty) of the cells of one tile row."""
+    values = np.asarray(settings.values, dtype=np.int32)
+    keep = settings.probabilities or settings.uncertainty
+    classes = np.full((written.rows, written.cols), CELL_NULL, dtype=np.int32)
+    probabilities = None
+    if keep:
+        probabilities = np.full(
+            (written.rows, written.cols, len(values)), np.nan, np.float32
+        )
+    r0, r1 = written.row0 - read.row0, written.row1 - read.row0
+    jobs, tiles = [], []
+    for core, tile in tile_windows(written, tile_size, settings.margin, read):
+        c0, c1 = tile.col0 - read.col0, tile.col1 - read.col0
+        core_nulls = nulls[r0:r1, core.col0 - read.col0 : core.col1 - read.col0]
+        if core_nulls.all():
+            continue
+        jobs.append((core, tile, core_nulls))
+        tiles.append(np.ascontiguousarray(np.moveaxis(data[:, :, c0:c1], 0, -1)))
+    started = time.perf_counter()
+    predicted = predict_tiles(
+        engine, tiles, settings.augment, settings.multiple, settings.batch
+    )
+    stats.network_seconds += time.perf_counter() - started
+    for (core, tile, core_nulls), tile_probabilities in zip(jobs, predicted):
+        kept = tile_probabilities[r0:r1, core.col0 - tile.col0 : core.col1 - tile.col0]
+        kept = np.where(core_nulls[..., None], np.nan, kept)
+        a, b = core.col0 - written.col0, core.col1 - written.col0
+        if probabilities is not None:
+            probabilities[:, a:b] = kept
+        best = np.argmax(np.nan_to_num(kept, nan=0.0), axis=-1)
+        classes[:, a:b] = np.where(core_nulls, CELL_NULL, values[best])
+        stats.cells += int((~core_nulls).sum())
+        stats.mapped += np.bincount(best[~core_nulls], minlength=len(values))
+        stats.tiles += 1
+    uncertainty = None
+    if settings.uncertainty:
+        uncertainty = uncertainty_of(probabilities, settings.uncertainty)
+    return classes, probabilities if settings.probabilities else None, uncertainty
+
+
+def classify_block(engine, settings, source, sink, block, tile_size, progress=None):
+    """Classify `block` (tiling.Block) from `source` into `sink`.
+
+    `progress(done, total)` is called after each tile row. Returns the
+    block's BlockStats.
+    """
+    started = time.perf_counter()
+    stats = BlockStats(mapped=np.zeros(len(settings.values), dtype=np.int64))
+    rows = tile_row_windows(block.core, tile_size, settings.margin, block.read)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="i.ann-io") as io:
+        reading = io.submit(read_standardised, source, rows[0][1], settings)
+        writing = None
+        for done, (written, read) in enumerate(rows):
+            data, nulls = reading.result()
+            if done + 1 < len(rows):
+                reading = io.submit(
+                    read_standardised, source, rows[done + 1][1], settings
+                )
+            outputs = predict_tile_row(
+                engine, settings, data, nulls, written, read, tile_size, stats
+            )
+            del data
+            if writing is not None:
+                writing.result()
+            writing = io.submit(sink.write, written, *outputs)
+            if progress is not None:
+                progress(done + 1, len(rows))
+        writing.result()
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+class ArraySource:
+    """Bands of a region held in memory: (bands, rows, cols), NaN for NULL."""
+
+    def __init__(self, bands):
+        self.bands = bands
+
+    def read(self, window):
+        return np.array(
+            self.bands[:, window.row0 : window.row1, window.col0 : window.col1],
+            dtype=np.float32,
+        )
+
+
+class ArraySink:
+    """Outputs of a region held in memory (CELL_NULL / NaN for NULL)."""
+
+    def __init__(self, rows, cols, n_classes, probabilities=False, uncertainty=False):
+        self.classes = np.full((rows, cols), CELL_NULL, dtype=np.int32)
+        self.probabilities = None
+        if probabilities:
+            self.probabilities = np.full((rows, cols, n_classes), np.nan, np.float32)
+        self.uncertainty = None
+        if uncertainty:
+            self.uncertainty = np.full((rows, cols), np.nan, np.float32)
+
+    def write(self, window, classes, probabilities, uncertainty):
+        rows = slice(window.row0, window.row1)
+        cols = slice(window.col0, window.col1)
+        self.classes[rows, cols] = classes
+        if self.probabilities is not None:
+            self.probabilities[rows, cols] = probabilities
+        if self.uncertainty is not None:
+            self.uncertainty[rows, cols] = uncertainty

@@ -1,0 +1,485 @@
+"""i.ann.classify in blocks: local processes, a real Dask cluster, resume, faults.
+
+The Dask cluster is real: a `dask scheduler` and two `dask worker`
+processes bound to 127.0.0.1 on free ports, started and stopped by the
+fixture. The workers get no GRASS session (no GISRC): they set one up in
+mapsets of their own, as workers on other machines do.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import grass.script as gs
+
+from conftest import assert_fails, make_synthetic, raster_exists, read_map, run, run_ok
+
+DONE_FOLDER = "i.ann_blocks_done"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def location_path():
+    env = gs.gisenv()
+    return Path(env["GISDBASE"]) / env["LOCATION_NAME"]
+
+
+def job_mapsets():
+    return sorted(p for p in location_path().iterdir() if p.name.startswith("iann_"))
+
+
+def done_blocks():
+    return sum(
+        len([f for f in (m / DONE_FOLDER).glob("*") if f.name.isdigit()])
+        for m in job_mapsets()
+        if (m / DONE_FOLDER).is_dir()
+    )
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail("timed out waiting for " + what)
+
+
+def stop_group(process, timeout=20):
+    """Stop a process and everything it started (its own session)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + timeout
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not group_alive(process.pid):
+            return
+
+
+def group_alive(pgid):
+    """Whether a process of the group still runs (zombies left to init do not)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def start(module, *flags, **options):
+    """Start a module in a session of its own (killable with its children)."""
+    args = [module] + ["--" + f if len(f) > 1 else "-" + f for f in flags]
+    args += ["{}={}".format(k, v) for k, v in options.items()]
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def dask_cluster(grass_session, tmp_path):
+    """A Dask scheduler and two workers on 127.0.0.1, stopped at the end."""
+    from distributed import Client
+
+    address = "tcp://127.0.0.1:{}".format(free_port())
+    env = {k: v for k, v in os.environ.items() if k not in ("GISRC", "GISBASE")}
+    python_path = subprocess.check_output(
+        ["grass", "--config", "python_path"], text=True
+    ).strip()
+    env["PYTHONPATH"] = os.pathsep.join(
+        [python_path, str(grass_session["addons"] / "etc" / "i.ann")]
+    )
+    logs = tmp_path / "dask"
+    logs.mkdir()
+    processes = []
+
+    def launch(name, *args):
+        log = open(logs / (name + ".log"), "w")
+        processes.append(
+            subprocess.Popen(
+                args, env=env, stdout=log, stderr=log, start_new_session=True
+            )
+        )
+
+    launch(
+        "scheduler",
+        "dask",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        address.rsplit(":", 1)[1],
+        "--no-dashboard",
+    )
+    for i in range(2):
+        launch(
+            "worker{}".format(i),
+            "dask",
+            "worker",
+            address,
+            "--host",
+            "127.0.0.1",
+            "--nworkers",
+            "1",
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--name",
+            "w{}".format(i),
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=60)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield {"address": address, "workers": processes[1:], "logs": logs}
+    finally:
+        for process in processes:
+            stop_group(process)
+        for process in processes:
+            assert not group_alive(process.pid)
+
+
+def classify_maps(name):
+    classes = read_map(name, null=-1, dtype=np.int32)
+    probabilities = np.stack(
+        [read_map("{}_p_{}".format(name, v), null=np.nan) for v in (11, 21, 31)]
+    )
+    return classes, probabilities, read_map(name + "_u", null=np.nan)
+
+
+def assert_same_maps(a, b, label=""):
+    np.testing.assert_array_equal(a[0], b[0], err_msg=label)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5, err_msg=label)
+    np.testing.assert_allclose(a[2], b[2], atol=1e-5, err_msg=label)
+    assert (a[0] != -1).sum() > 100 and len(np.unique(a[0][a[0] != -1])) >= 2
+
+
+@pytest.mark.parametrize("architecture", ["fcn", "unet"])
+def test_processes_and_cluster_equal_one_process(
+    mapset, request, dask_cluster, architecture
+):
+    bundle = request.getfixturevalue(
+        "trained_bundle" if architecture == "fcn" else "unet_bundle"
+    )
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=61, cols=83)
+    gs.mapcalc("segs = int((row() - 1) / 7) * 100 + int((col() - 1) / 9)", quiet=True)
+    common = dict(
+        input=",".join(bands),
+        model=bundle,
+        uncertainty_method="margin",
+    )
+    for flags in (("n", "t"), ()):
+        suffix = "_".join(flags) or "plain"
+        names = {}
+        for how, options in (
+            ("one", {"tile_size": 4096, "block_size": 100000}),
+            ("local", {"nprocs": 2, "block_size": 24, "tile_size": 16}),
+            ("cluster", {"scheduler": dask_cluster["address"], "block_size": 20}),
+        ):
+            name = "{}_{}".format(how, suffix)
+            result = run_ok(
+                "i.ann.classify",
+                "verbose",
+                *flags,
+                output=name,
+                probabilities=name + "_p",
+                uncertainty=name + "_u",
+                **common,
+                **options,
+            )
+            names[how] = name
+            if how == "cluster":
+                assert "on the Dask cluster <{}>".format(
+                    dask_cluster["address"]
+                ) in " ".join(result.stderr.split())
+                # Each worker process loads the model once, for all its blocks.
+                loaded = [
+                    line for line in result.stderr.splitlines() if "loaded" in line
+                ]
+                assert loaded and "loaded the model 2 times" in loaded[0], loaded
+            if how == "local":
+                assert "in 2 processes" in result.stderr
+        one = classify_maps(names["one"])
+        for how in ("local", "cluster"):
+            assert_same_maps(one, classify_maps(names[how]), "{} {}".format(how, flags))
+        assert (
+            "Probability of class 11"
+            in gs.raster_info(names["cluster"] + "_p_11")["title"]
+        )
+    # Object-based: segments spanning blocks get one class over all blocks.
+    for how, options in (
+        ("one", {}),
+        ("local", {"nprocs": 2, "block_size": 24}),
+        ("cluster", {"scheduler": dask_cluster["address"], "block_size": 20}),
+    ):
+        run_ok(
+            "i.ann.classify",
+            input=",".join(bands),
+            model=bundle,
+            output="obj_" + how,
+            segments="segs",
+            **options,
+        )
+    objects = read_map("obj_one", null=-1, dtype=np.int32)
+    segs = read_map("segs", dtype=np.int32)
+    for seg in np.unique(segs):
+        assert len(np.unique(objects[segs == seg])) == 1
+    for how in ("local", "cluster"):
+        np.testing.assert_array_equal(
+            objects, read_map("obj_" + how, null=-1, dtype=np.int32)
+        )
+    assert job_mapsets() == []
+    assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+
+
+def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=160, cols=160)
+    run_ok(
+        "i.ann.classify",
+        "t",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="whole",
+    )
+    process = start(
+        "i.ann.classify",
+        "t",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="survived",
+        scheduler=dask_cluster["address"],
+        block_size=25,
+    )
+    try:
+        wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
+        stop_group(dask_cluster["workers"][0])
+        killed_at = done_blocks()
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        stop_group(process)
+    assert process.returncode == 0, stderr
+    assert killed_at < 49  # the worker died with blocks still to classify
+    np.testing.assert_array_equal(read_map("whole"), read_map("survived"))
+
+
+def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=160, cols=160)
+    options = dict(
+        input=",".join(bands), model=trained_bundle, output="resumed", block_size=25
+    )
+    run_ok("i.ann.classify", input=options["input"], model=trained_bundle, output="ref")
+    process = start("i.ann.classify", "t", nprocs=2, **options)
+    try:
+        wait_for(lambda: done_blocks() >= 4, 120, "four blocks")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
+    finally:
+        stop_group(process)
+    kept = done_blocks()
+    assert 4 <= kept < 49  # 7 x 7 blocks of 25 cells (the fcn's margin)
+    assert not raster_exists("resumed")
+    result = run_ok("i.ann.classify", "t", "verbose", nprocs=2, **options)
+    message = " ".join(result.stderr.split())
+    assert "{} of 49 blocks already classified".format(kept) in message
+    assert "Classifying {} blocks in 2 processes".format(49 - kept) in message
+    run_ok(
+        "i.ann.classify",
+        "t",
+        input=options["input"],
+        model=trained_bundle,
+        output="ref_t",
+    )
+    np.testing.assert_array_equal(read_map("ref_t"), read_map("resumed"))
+    assert job_mapsets() == []
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=160, cols=160)
+    gs.mapcalc("out = 7", quiet=True)
+    process = start(
+        "i.ann.classify",
+        "t",
+        "overwrite",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="out",
+        probabilities="outp",
+        block_size=25,
+        nprocs=1 if how == "ctrl-c" else 2,
+    )
+    try:
+        wait_for(lambda: done_blocks() >= 2, 120, "two blocks")
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)  # as a terminal does
+        else:
+            process.send_signal(signal.SIGTERM)  # the module only
+        stdout, stderr = process.communicate(timeout=60)
+        wait_for(lambda: not group_alive(process.pid), 30, "all processes to stop")
+    finally:
+        stop_group(process)
+    assert process.returncode != 0
+    assert "Interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert "run the same command again" in " ".join(stderr.split())
+    assert (read_map("out") == 7).all()
+    assert gs.list_strings("raster", pattern="outp*", mapset=".") == []
+    assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+    assert done_blocks() >= 2  # kept for the rerun, as the message says
+    for mapset_path in job_mapsets():
+        subprocess.run(["rm", "-rf", str(mapset_path)], check=True)
+
+
+def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=128, cols=64)
+    gs.mapcalc("broken = s_b1", quiet=True)
+    fcell = location_path() / mapset / "fcell" / "broken"
+    data = fcell.read_bytes()
+    fcell.write_bytes(data[: len(data) * 3 // 4])  # the southern rows are lost
+    for options in ({}, {"nprocs": 2}):
+        started = time.monotonic()
+        result = run(
+            "i.ann.classify",
+            input="broken," + bands[1],
+            model=trained_bundle,
+            output="never",
+            block_size=32,
+            **options,
+        )
+        assert result.returncode != 0
+        message = " ".join(result.stderr.split())
+        # Blocks of the northern half read no lost row; one of the south fails.
+        assert re.search(
+            r"block [4-7] \(rows (65|97)-(96|128), columns", message
+        ), result.stderr
+        assert time.monotonic() - started < 120
+        assert not raster_exists("never")
+    for mapset_path in job_mapsets():
+        subprocess.run(["rm", "-rf", str(mapset_path)], check=True)
+
+
+def test_bad_job_options(mapset, trained_bundle):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=30, cols=20)
+    address = "tcp://127.0.0.1:{}".format(free_port())
+    started = time.monotonic()
+    assert_fails(
+        run(
+            "i.ann.classify",
+            input=",".join(bands),
+            model=trained_bundle,
+            output="x",
+            scheduler=address,
+        ),
+        address,
+        "Cannot reach the Dask scheduler",
+    )
+    assert time.monotonic() - started < 30
+    assert_fails(
+        run(
+            "i.ann.classify",
+            "g",
+            input=",".join(bands),
+            model=trained_bundle,
+            output="x",
+        ),
+        "scheduler",
+    )
+    result = run_ok(
+        "i.ann.classify",
+        "verbose",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="x",
+        block_size=20,
+        nprocs=4,
+    )
+    message = " ".join(result.stderr.split())
+    # The fcn's margin is 25 cells: blocks are never smaller.
+    assert "block_size 20 rounded to 25" in message
+    assert "2 blocks to classify: 2 processes instead of 4" in message
+    assert job_mapsets() == []
+
+
+def test_library_pipeline_from_arrays_equals_grass(mapset, trained_bundle):
+    """The tile pipeline driven from arrays gives the module's map."""
+    import json
+
+    from iann.engines import load_engine
+    from iann.pipeline import ArraySink, ArraySource, PredictionSettings, classify_block
+    from iann.tiling import block_grid
+
+    bands, _ = make_synthetic()
+    # 45 x 70 cells of the bands' own grid: nothing resampled by the module.
+    gs.run_command("g.region", n=1350, s=0, w=0, e=2100, res=30)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="module",
+        uncertainty="module_u",
+        engine="keras",
+    )
+    metadata = json.loads((trained_bundle / "metadata.json").read_text())
+    engine = load_engine(str(trained_bundle), metadata, "keras")
+    stack = np.stack([read_map(b, null=np.nan, dtype=np.float32) for b in bands])
+    settings = PredictionSettings(
+        mean=np.array(metadata["normalisation"]["mean"], np.float32),
+        std=np.array(metadata["normalisation"]["std"], np.float32),
+        values=(11, 21, 31),
+        margin=metadata["margin"],
+        uncertainty="entropy",
+        batch=3,
+    )
+    sink = ArraySink(45, 70, 3, uncertainty=True)
+    for block in block_grid(45, 70, 32, metadata["margin"]):
+        classify_block(engine, settings, ArraySource(stack), sink, block, 16)
+    np.testing.assert_array_equal(
+        np.where(sink.classes == np.iinfo(np.int32).min, -1, sink.classes),
+        read_map("module", null=-1, dtype=np.int32),
+    )
+    np.testing.assert_allclose(sink.uncertainty, read_map("module_u"), atol=1e-5)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))

@@ -1,0 +1,371 @@
+"""model.onnx in the bundle, and the engines of i.ann.classify.
+
+Every engine must give the probabilities of the bundle's Keras model
+(within 1e-5) and the same class map; a model.onnx that is missing,
+truncated or stale must never give a wrong map.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import grass.script as gs
+
+from conftest import (
+    assert_fails,
+    make_synthetic,
+    read_map,
+    run,
+    run_ok,
+    train_bundle,
+)
+
+CUSTOM = """
+import keras
+from keras import layers
+
+
+def build_model(input_shape, n_classes, width=4):
+    inputs = keras.Input(shape=(None, None, input_shape[-1]))
+    x = layers.Conv2D(width, 3, padding="same", activation="relu")(inputs)
+    x = layers.DepthwiseConv2D(5, padding="same")(x)
+    outputs = layers.Conv2D(n_classes, 1, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+"""
+
+# A layer the ONNX converter has no rule for (TensorFlow's Erfinv).
+UNEXPORTABLE = """
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="test")
+class Odd(layers.Layer):
+    def call(self, x):
+        return x + 0.0 * ops.erfinv(ops.clip(x, -0.5, 0.5))
+
+
+def build_model(input_shape, n_classes):
+    inputs = keras.Input(shape=(None, None, input_shape[-1]))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = Odd()(x)
+    outputs = layers.Conv2D(n_classes, 1, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+"""
+
+
+def metadata_of(bundle):
+    return json.loads((bundle / "metadata.json").read_text())
+
+
+def test_bundle_carries_onnx_with_deepness_metadata(trained_bundle):
+    import onnxruntime
+
+    meta = metadata_of(trained_bundle)
+    assert (trained_bundle / "model.onnx").is_file()
+    assert meta["onnx"]["file"] == "model.onnx"
+    assert meta["onnx"]["export_seconds"] > 0
+    session = onnxruntime.InferenceSession(
+        str(trained_bundle / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    properties = {
+        k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()
+    }
+    assert properties["model_type"] == "Segmentor"
+    assert properties["class_names"] == {"0": "water", "1": "forest", "2": "urban"}
+    # Deepness scales bands to 0..1 before standardising: x/255 then
+    # (x/255 - m/255) / (s/255) is i.ann's (x - m) / s.
+    np.testing.assert_allclose(
+        np.array(properties["standardization_mean"]) * 255,
+        meta["normalisation"]["mean"],
+    )
+    np.testing.assert_allclose(
+        np.array(properties["standardization_std"]) * 255, meta["normalisation"]["std"]
+    )
+    assert properties["resolution"] == pytest.approx(3000.0)  # 30 m in cm
+    margin = meta["margin"]
+    tile = properties["tile_size"]
+    assert properties["tiles_overlap"] / 100 * tile >= 2 * margin
+    assert properties["i.ann"]["classes"] == meta["classes"]
+    (inputs,) = session.get_inputs()
+    assert inputs.shape == ["batch", 2, "size", "size"]
+    assert session.get_outputs()[0].shape == ["batch", 3, "size", "size"]
+    # Channels first, as Deepness feeds it: probabilities of model.keras.
+    import keras
+
+    model = keras.saving.load_model(trained_bundle / "model.keras")
+    x = np.random.default_rng(3).normal(size=(2, 30, 41, 2)).astype("f4")
+    (got,) = session.run(None, {inputs.name: x.transpose(0, 3, 1, 2)})
+    np.testing.assert_allclose(
+        got.transpose(0, 2, 3, 1), np.asarray(model.predict_on_batch(x)), atol=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def architectures(synthetic_patches, trained_bundle, unet_bundle, tmp_path_factory):
+    """Bundles of every kind of architecture (resunet and a file trained here)."""
+    folder = tmp_path_factory.mktemp("architectures")
+    custom = folder / "net.py"
+    custom.write_text(CUSTOM)
+    return {
+        "fcn": trained_bundle,
+        "unet": unet_bundle,
+        "resunet": train_bundle(
+            synthetic_patches,
+            folder / "resunet",
+            architecture="resunet",
+            depth=2,
+            filters=4,
+            epochs=2,
+        ),
+        "custom": train_bundle(
+            synthetic_patches, folder / "custom", architecture=custom, epochs=2
+        ),
+    }
+
+
+@pytest.mark.parametrize("architecture", ["fcn", "unet", "resunet", "custom"])
+def test_engines_give_the_keras_map(mapset, architectures, architecture):
+    bundle = architectures[architecture]
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=45, cols=62)
+    engines = (
+        ("keras", "onnx", "openvino") if architecture == "fcn" else ("keras", "onnx")
+    )
+    for engine in engines:
+        result = run_ok(
+            "i.ann.classify",
+            input=",".join(bands),
+            model=bundle,
+            output=engine,
+            probabilities=engine + "_p",
+            engine=engine,
+            tile_size=32,
+        )
+        title = {"keras": "Keras", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
+        assert "Engine: " + title[engine] in result.stderr
+    keras_map = read_map("keras", null=-1, dtype=np.int32)
+    assert len(np.unique(keras_map)) >= 2
+    for engine in engines[1:]:
+        np.testing.assert_array_equal(
+            keras_map, read_map(engine, null=-1, dtype=np.int32)
+        )
+        for value in (11, 21, 31):
+            np.testing.assert_allclose(
+                read_map("keras_p_{}".format(value)),
+                read_map("{}_p_{}".format(engine, value)),
+                atol=1e-5,
+            )
+
+
+def test_auto_engine_and_broken_onnx_fall_back_to_keras(
+    mapset, trained_bundle, unet_bundle, tmp_path
+):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=30, cols=40)
+    result = run_ok(
+        "i.ann.classify", input=",".join(bands), model=trained_bundle, output="auto"
+    )
+    assert "Engine: OpenVINO on model.onnx" in " ".join(result.stderr.split())
+    reference = read_map("auto", dtype=np.int32)
+
+    def broken_copy(name, damage):
+        bundle = tmp_path / name
+        shutil.copytree(trained_bundle, bundle)
+        damage(bundle)
+        return bundle
+
+    truncated = broken_copy(
+        "truncated",
+        lambda b: (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:500]),
+    )
+    # model.onnx of another network: the probe tells them apart.
+    other = broken_copy(
+        "other",
+        lambda b: shutil.copyfile(unet_bundle / "model.onnx", b / "model.onnx"),
+    )
+    stale = broken_copy(
+        "stale",
+        lambda b: (b / "model.keras").write_bytes(
+            (b / "model.keras").read_bytes() + b"\0"
+        ),
+    )
+    for bundle, why in (
+        (truncated, "cannot be run"),
+        (other, "disagrees with model.keras"),
+        (stale, "exported from another model.keras"),
+    ):
+        for engine in ("auto", "onnx"):
+            result = run_ok(
+                "i.ann.classify",
+                "overwrite",
+                input=",".join(bands),
+                model=bundle,
+                output="fallback",
+                engine=engine,
+            )
+            message = " ".join(result.stderr.split())
+            assert "WARNING" in message and why in message, result.stderr
+            assert "classifying with Keras" in message and "Engine: Keras" in message
+            np.testing.assert_array_equal(
+                reference, read_map("fallback", dtype=np.int32)
+            )
+    # model.onnx lost from a bundle whose metadata records it: warned.
+    missing = broken_copy("missing", lambda b: (b / "model.onnx").unlink())
+    result = run_ok(
+        "i.ann.classify", input=",".join(bands), model=missing, output="no_onnx"
+    )
+    message = " ".join(result.stderr.split())
+    assert "WARNING" in message and "the bundle has no model.onnx" in message
+    assert "Engine: Keras" in message
+
+    # A bundle from before model.onnx existed: Keras, without a warning.
+    def unexported(bundle):
+        (bundle / "model.onnx").unlink()
+        meta = json.loads((bundle / "metadata.json").read_text())
+        del meta["onnx"]
+        (bundle / "metadata.json").write_text(json.dumps(meta))
+
+    old = broken_copy("old", unexported)
+    result = run_ok("i.ann.classify", input=",".join(bands), model=old, output="old")
+    assert "WARNING: Bundle" not in result.stderr
+    assert "Engine: Keras (the bundle has no model.onnx)" in " ".join(
+        result.stderr.split()
+    )
+    np.testing.assert_array_equal(reference, read_map("old", dtype=np.int32))
+
+
+def test_engine_needs_its_package(mapset, trained_bundle, tmp_path):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=20, cols=20)
+    # A package that cannot be imported, as when it is not installed.
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed')\n")
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(shadow.parent)] + [p for p in [env.get("PYTHONPATH")] if p]
+    )
+    result = subprocess.run(
+        [
+            "i.ann.classify",
+            "input=" + ",".join(bands),
+            "model={}".format(trained_bundle),
+            "output=x",
+            "engine=onnx",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert_fails(result, "engine=onnx", "<onnxruntime>", "pip install onnxruntime")
+
+
+def test_export_adds_onnx_to_a_bundle(
+    mapset, trained_bundle, synthetic_patches, tmp_path
+):
+    bundle = tmp_path / "old"
+    shutil.copytree(trained_bundle, bundle)
+    (bundle / "model.onnx").unlink()
+    meta = metadata_of(bundle)
+    del meta["onnx"]
+    (bundle / "metadata.json").write_text(json.dumps(meta))
+    result = run_ok("i.ann.train", export=bundle)
+    assert "Added model.onnx" in result.stderr
+    assert (
+        metadata_of(bundle)["onnx"]["probe_output"]
+        == metadata_of(trained_bundle)["onnx"]["probe_output"]
+    )
+    assert_fails(run("i.ann.train", export=bundle), str(bundle), "--overwrite")
+    run_ok("i.ann.train", "overwrite", export=bundle)
+    assert_fails(run("i.ann.train", input=synthetic_patches, export=bundle), "export")
+    # A network the converter cannot export: a warning, a Keras-only bundle.
+    path = tmp_path / "odd.py"
+    path.write_text(UNEXPORTABLE)
+    result = run_ok(
+        "i.ann.train",
+        input=synthetic_patches,
+        output=tmp_path / "odd",
+        architecture=path,
+        epochs=1,
+        batch_size=8,
+    )
+    assert "WARNING" in result.stderr and "No model.onnx" in " ".join(
+        result.stderr.split()
+    )
+    assert not (tmp_path / "odd" / "model.onnx").exists()
+    assert "onnx" not in metadata_of(tmp_path / "odd")
+    bands, _ = make_synthetic()
+    result = run_ok(
+        "i.ann.classify", input=",".join(bands), model=tmp_path / "odd", output="odd"
+    )
+    assert "Engine: Keras" in result.stderr
+
+
+def test_mixed_precision(mapset, trained_bundle, synthetic_patches, tmp_path):
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=60, cols=80)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="f32",
+        engine="keras",
+    )
+    result = run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="bf16",
+        precision="mixed_bfloat16",
+    )
+    assert "Engine: Keras (precision mixed_bfloat16)" in " ".join(result.stderr.split())
+    f32 = read_map("f32", null=-1, dtype=np.int32)
+    bf16 = read_map("bf16", null=-1, dtype=np.int32)
+    assert (f32 == bf16).mean() >= 0.995
+    result = run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="f16",
+        precision="mixed_float16",
+        engine="keras",
+    )
+    assert "mixed_float16 needs a GPU" in " ".join(result.stderr.split())
+    np.testing.assert_array_equal(f32, read_map("f16", null=-1, dtype=np.int32))
+    assert_fails(
+        run(
+            "i.ann.classify",
+            input=",".join(bands),
+            model=trained_bundle,
+            output="x",
+            precision="mixed_bfloat16",
+            engine="onnx",
+        ),
+        "precision=mixed_bfloat16 needs Keras",
+    )
+    for precision in ("mixed_bfloat16", "mixed_float16"):
+        result = run_ok(
+            "i.ann.train",
+            input=synthetic_patches,
+            output=tmp_path / precision,
+            filters=4,
+            epochs=1,
+            batch_size=8,
+            precision=precision,
+        )
+        meta = metadata_of(tmp_path / precision)
+        if precision == "mixed_float16":
+            assert "mixed_float16 needs a GPU" in " ".join(result.stderr.split())
+            assert meta["training"]["precision"] == "float32"
+        else:
+            assert meta["training"]["precision"] == "mixed_bfloat16"
+        import keras
+
+        model = keras.saving.load_model(tmp_path / precision / "model.keras")
+        assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
