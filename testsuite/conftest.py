@@ -8,6 +8,7 @@ mapset of its own.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,22 @@ def run(module, *flags, **options):
     args = [module] + ["--" + f if len(f) > 1 else "-" + f for f in flags]
     args += ["{}={}".format(k, v) for k, v in options.items()]
     return subprocess.run(args, capture_output=True, text=True)
+
+
+# TensorFlow's C++ start-up lines, written before its logging is set up
+# (so TF_CPP_MIN_LOG_LEVEL cannot hold them back) on CPUs where it turns
+# oneDNN on (AVX512_VNNI, AMX): not i.ann's messages.
+BACKEND_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\])"
+)
+
+
+def own_messages(text):
+    """A module's output without TensorFlow's C++ start-up lines."""
+    return "".join(
+        line for line in text.splitlines(True) if not BACKEND_CHATTER.match(line)
+    )
 
 
 def run_ok(module, *flags, **options):
