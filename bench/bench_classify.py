@@ -193,7 +193,8 @@ class OneWorkerCluster:
 
 def worker_peak(messages):
     """Peak memory of the block processes, from the job's verbose summary."""
-    found = re.search(r"peak memory of a process (\d+) MB", messages)
+    # GRASS wraps long messages: match with the line breaks taken out.
+    found = re.search(r"peak memory of a process (\d+) MB", " ".join(messages.split()))
     return int(found.group(1)) if found else None
 
 
