@@ -58,6 +58,10 @@ class OnnxRuntimeEngine:
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # Memory patterns are planned per input shape, and a job's tiles come
+        # in several (edges, margins): without them the module's peak fell
+        # from 3.6 GB to 1.9 GB for fcn-32 on 1074-cell tiles, no slower.
+        options.enable_mem_pattern = False
         self.session = onnxruntime.InferenceSession(
             path, options, providers=["CPUExecutionProvider"]
         )

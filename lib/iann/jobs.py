@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -445,6 +446,12 @@ def classify(request, temporary_maps):
                 result.peak_memory / 2**20,
             )
         )
+        gs.verbose(
+            _("Time in blocks {:.1f} s, of which the network {:.1f} s").format(
+                sum(r.seconds for r in results),
+                sum(r.network_seconds for r in results),
+            )
+        )
     return result
 
 
@@ -481,7 +488,13 @@ def finish_job(plan_, request, done, temporary_maps):
     )
     temporary_maps.extend(n for n in merged.names() if n)
     indices = [b.index for b in plan_.blocks]
+    started = time.perf_counter()
     merge_blocks(job, done, indices, merged, temporary_maps)
+    gs.verbose(
+        _("Blocks merged into the outputs in {:.1f} s").format(
+            time.perf_counter() - started
+        )
+    )
     cells = int(gs.parse_command("r.univar", map=merged.classes, flags="g")["n"])
     if cells == 0:
         raise IannError(
