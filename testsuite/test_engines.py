@@ -369,3 +369,38 @@ def test_mixed_precision(mapset, trained_bundle, synthetic_patches, tmp_path):
 
         model = keras.saving.load_model(tmp_path / precision / "model.keras")
         assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+
+
+def test_onnx_engines_use_the_cores_they_are_given(mapset, trained_bundle):
+    """Threads follow the CPU affinity (taskset, SLURM) and nprocs' share."""
+    import os
+    import subprocess
+
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=30, cols=40)
+    cores = len(os.sched_getaffinity(0))
+    first = min(os.sched_getaffinity(0))
+    options = ["input=" + ",".join(bands), "model={}".format(trained_bundle)]
+    for engine in ("onnx", "openvino"):
+        pinned = subprocess.run(
+            ["taskset", "-c", str(first), "i.ann.classify", "output=pinned_" + engine]
+            + options
+            + ["engine=" + engine],
+            capture_output=True,
+            text=True,
+        )
+        assert pinned.returncode == 0, pinned.stderr
+        assert "1 thread per process" in " ".join(pinned.stderr.split())
+        free = run_ok(
+            "i.ann.classify",
+            input=",".join(bands),
+            model=trained_bundle,
+            output="free_" + engine,
+            engine=engine,
+        )
+        expected = (
+            "1 thread per process"
+            if cores == 1
+            else "{} threads per process".format(cores)
+        )
+        assert expected in " ".join(free.stderr.split())

@@ -121,9 +121,12 @@ class EngineChoice:
         title = ENGINE_TITLES[self.name]
         if self.name == "keras":
             return "{} ({})".format(title, self.reason)
-        return "{} on model.onnx, {} threads per process ({})".format(
-            title, threads, self.reason
+        per_process = (
+            _("1 thread per process")
+            if threads == 1
+            else _("{} threads per process").format(threads)
         )
+        return "{} on model.onnx, {} ({})".format(title, per_process, self.reason)
 
 
 def installed(package):
