@@ -21,13 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import IannError
-from .onnx_export import ONNX_FILE, probe_input, sha256_of
+from .onnx_export import ONNX_FILE, PROBE_TOLERANCE, probe_input, sha256_of
 
 ENGINES = ("auto", "keras", "onnx", "openvino")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# Largest difference of probabilities between model.onnx and model.keras on
-# the probe that still counts as the same network (float32 rounding).
-PROBE_TOLERANCE = 1e-4
 
 
 class KerasEngine:

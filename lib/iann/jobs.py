@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -295,7 +295,7 @@ class Progress:
 
 def run_in_process(plan, todo):
     """Classify the blocks one after the other in this process."""
-    job = BlockJob(**{**plan.job.__dict__, "threads": cores_available()})
+    job = replace(plan.job, threads=cores_available())
     plan.job = job
     gs.message(_("Engine: {}").format(plan.engine.describe(job.threads)))
     rows_of = [-(-b.core.rows // job.tile_size) for b in todo]
@@ -320,7 +320,7 @@ def run_on_dask(plan, todo, request):
     threads = max(1, cores_available() // workers)
     results = []
     with DaskCluster(workers, request.scheduler, threads) as cluster:
-        job = BlockJob(**{**plan.job.__dict__, "threads": cluster.threads_per_worker()})
+        job = replace(plan.job, threads=cluster.threads_per_worker())
         plan.job = job
         cluster.check_workers(job)
         plan.workers = len(cluster.workers())
@@ -353,18 +353,19 @@ def merge_blocks(job, done, indices, temporary, temporary_maps):
     folder = tempfile.mkdtemp(prefix="i.ann-merge-")
     try:
         for output, pick in kinds:
+            sources = [
+                "{}@{}".format(pick(job.map_names(index)), done[index])
+                for index in indices
+            ]
+            if len(sources) == 1:
+                # r.buildvrt wants two maps at least.
+                gs.mapcalc(
+                    "{} = {}".format(output, sources[0]), quiet=True, overwrite=True
+                )
+                continue
             listing = os.path.join(folder, "maps.txt")
             with open(listing, "w") as f:
-                for index in indices:
-                    name = pick(job.map_names(index))
-                    f.write("{}@{}\n".format(name, done[index]))
-            if len(indices) == 1:
-                # r.buildvrt wants two maps at least.
-                source = "{}@{}".format(
-                    pick(job.map_names(indices[0])), done[indices[0]]
-                )
-                gs.mapcalc("{} = {}".format(output, source), quiet=True, overwrite=True)
-                continue
+                f.write("".join(source + "\n" for source in sources))
             virtual = output + "_vrt"
             temporary_maps.append(virtual)
             gs.run_command(
