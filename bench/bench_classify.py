@@ -199,7 +199,7 @@ def worker_peak(messages):
 
 
 def main():
-    from iann.dataset import read_band_stack
+    from iann.reading import read_band_stack
     from iann.engines import KerasEngine, OnnxRuntimeEngine, OpenVinoEngine
     from iann.grassio import refresh_region
 

@@ -47,7 +47,7 @@ def make_maps():
 
 
 def plain_read(bands):
-    from iann.dataset import read_band_stack
+    from iann.reading import read_band_stack
     from iann.grassio import refresh_region
 
     refresh_region()

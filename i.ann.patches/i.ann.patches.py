@@ -33,7 +33,27 @@
 # %end
 # %option G_OPT_R_INPUT
 # % key: reference
-# % description: Integer map of reference classes (NULL: unlabelled)
+# % required: no
+# % description: Integer raster map of reference classes (NULL: unlabelled)
+# % guisection: Input
+# %end
+# %option G_OPT_V_INPUT
+# % key: training
+# % required: no
+# % label: Vector map of reference classes (points, lines or areas)
+# % description: Rasterised on the region's grid; cells without a feature are unlabelled
+# % guisection: Input
+# %end
+# %option G_OPT_V_FIELD
+# % guisection: Input
+# %end
+# %option G_OPT_DB_COLUMN
+# % description: Integer column of the training vector map holding the class values
+# % guisection: Input
+# %end
+# %option G_OPT_DB_COLUMN
+# % key: label_column
+# % description: Column of the training vector map holding the class names
 # % guisection: Input
 # %end
 # %option
@@ -110,9 +130,8 @@
 # % key: min_labelled
 # % type: double
 # % required: no
-# % answer: 50
-# % options: 0-100
-# % description: Minimum percentage of labelled reference cells in a patch
+# % label: Minimum labelled reference cells in a patch
+# % description: Percent of its cells for a raster reference (default: 50); number of cells for a vector one (default: 1)
 # % guisection: Sampling
 # %end
 # %option
@@ -151,6 +170,11 @@
 # %rules
 # % exclusive: input, group
 # % required: input, group
+# % exclusive: reference, training
+# % required: reference, training
+# % requires: training, column
+# % requires: column, training
+# % requires: label_column, training
 # %end
 
 import atexit
@@ -182,11 +206,12 @@ def import_library():
 
 def main(options, flags):
     import_library()
-    from iann.dataset import create_patches, summary, write_dataset
-    from iann.dataset import write_validation_map
+    from iann.dataset import summary, write_dataset, write_validation_map
     from iann.errors import IannError
     from iann.folders import check_new_folder
     from iann.grassio import check_new_raster, group_members
+    from iann.patch_plan import Sampling, create_patches
+    from iann.reference import check_vector_reference, rasterise
 
     validation_map = options["validation_map"]
     if validation_map and options["split"] != "blocks":
@@ -200,31 +225,51 @@ def main(options, flags):
         output = options["output"]
         if not flags["p"]:
             output = check_new_folder(output, gs.overwrite(), _("Dataset folder"))
-        plan = create_patches(
-            bands,
-            options["reference"],
+        vector = None
+        reference = options["reference"]
+        if options["training"]:
+            vector = check_vector_reference(
+                options["training"],
+                options["column"],
+                options["label_column"],
+                options["layer"],
+            )
+            reference = rasterise(vector, TEMPORARY_MAPS)
+        min_labelled = options["min_labelled"] or ("1" if vector else "50")
+        sampling = Sampling(
             size=int(options["size"]),
             number=int(options["number"]),
             validation=float(options["validation"]),
             seed=int(options["seed"]),
-            min_labelled=float(options["min_labelled"]),
-            sampling=options["sampling"],
+            min_labelled=float(min_labelled),
+            method=options["sampling"],
             stride=int(options["stride"]) if options["stride"] else None,
             split=options["split"],
             block_size=float(options["block_size"]) if options["block_size"] else None,
             resample=options["resample"],
             keep_nulls=flags["n"],
-            temporary_maps=TEMPORARY_MAPS,
+            sparse=vector is not None,
         )
-        metadata = plan["metadata"]
+        if not vector and not 0 <= sampling.min_labelled <= 100:
+            gs.fatal(
+                _("min_labelled={} is not a percentage (0 to 100)").format(
+                    min_labelled
+                )
+            )
+        if sampling.min_labelled < 0:
+            gs.fatal(_("min_labelled={} is negative").format(min_labelled))
+        plan = create_patches(bands, reference, sampling, TEMPORARY_MAPS, vector)
+        metadata = plan.metadata
         if flags["p"]:
             print(summary(metadata))
             return 0
         write_dataset(output, plan, overwrite=gs.overwrite())
     except IannError as error:
         gs.fatal(str(error))
+    except KeyboardInterrupt:
+        gs.fatal(_("Interrupted; nothing was written"))
     if validation_map:
-        write_validation_map(validation_map, plan["validation_cells"])
+        write_validation_map(validation_map, plan.validation_cells)
         gs.raster_history(validation_map, overwrite=True)
     counts = metadata["counts"]
     gs.message(

@@ -28,7 +28,7 @@ import grass.script as gs
 from .blocks import DONE_FOLDER, BlockJob, run_block
 from .bundle import read_bundle_metadata
 from .cluster import DaskCluster, cores_available
-from .dataset import resampled_bands
+from .reading import resampled_bands
 from .engines import choose_engine, usable_precision
 from .errors import IannError
 from .grassio import check_new_raster, require_rasters
