@@ -147,10 +147,43 @@
 # % description: Memory in MB for the tile buffers of a process (the tile size is reduced to fit)
 # % guisection: Processing
 # %end
+# %option G_OPT_V_OUTPUT
+# % key: vector
+# % required: no
+# % description: Name of a vector map of the classes as areas (attributes: value, label)
+# % guisection: Output
+# %end
+# %option
+# % key: min_area
+# % type: double
+# % required: no
+# % label: Minimum area in square metres of the vector map's areas
+# % description: Smaller areas are merged into the neighbour sharing the longest boundary (v.clean rmarea)
+# % guisection: Output
+# %end
+# %flag
+# % key: s
+# % description: Smooth the corners of the vector map's areas (r.to.vect -s)
+# % guisection: Output
+# %end
 # %option G_OPT_R_INPUT
 # % key: reference
 # % required: no
-# % description: Integer map of reference classes to assess the accuracy against
+# % description: Integer raster map of reference classes to assess the accuracy against
+# % guisection: Accuracy
+# %end
+# %option G_OPT_V_INPUT
+# % key: reference_vector
+# % required: no
+# % label: Vector map of reference points or areas to assess the accuracy against
+# % description: Compared with the classified cells under its features
+# % guisection: Accuracy
+# %end
+# %option G_OPT_V_FIELD
+# % guisection: Accuracy
+# %end
+# %option G_OPT_DB_COLUMN
+# % description: Integer column of reference_vector holding the class values
 # % guisection: Accuracy
 # %end
 # %option G_OPT_F_OUTPUT
@@ -196,10 +229,15 @@
 # % exclusive: input, group
 # % requires: output, input, group
 # % requires: output, model
-# % requires: report, reference
-# % requires: plot, reference
+# % exclusive: reference, reference_vector
+# % requires: reference_vector, column
+# % requires: column, reference_vector
+# % requires: report, reference, reference_vector
+# % requires: plot, reference, reference_vector
 # % requires: -e, classified
-# % requires: -e, reference
+# % requires: -e, reference, reference_vector
+# % requires: min_area, vector
+# % requires: -s, vector
 # % requires: classified, -e
 # % requires: -g, scheduler
 # %end
@@ -213,23 +251,18 @@ import grass.script as gs
 
 
 def import_library():
-    """Put the i.ann library on sys.path, from the source tree or the install."""
-    here = os.path.dirname(os.path.realpath(__file__))
-    source = os.path.join(os.path.dirname(here), "lib")
-    # Installed: <addon base>/scripts/<module> beside <addon base>/etc/i.ann,
-    # found even when GRASS_ADDON_BASE points elsewhere (grass-session).
-    installed = os.path.join(os.path.dirname(here), "etc", "i.ann")
-    if os.path.isdir(os.path.join(source, "iann")):
-        sys.path.insert(0, source)
-    elif os.path.isdir(os.path.join(installed, "iann")):
-        sys.path.insert(0, installed)
-    else:
-        from grass.script.utils import get_lib_path
+    """Put the i.ann library on sys.path: lib/ of the source tree, or etc/i.ann.
 
-        path = get_lib_path(modname="i.ann", libname="iann")
-        if path is None:
-            gs.fatal(_("The i.ann library is not installed"))
-        sys.path.insert(0, path)
+    etc/i.ann beside the installed script's folder is found even when
+    GRASS_ADDON_BASE points elsewhere (grass-session).
+    """
+    here = os.path.dirname(os.path.realpath(__file__))
+    source = os.path.join(here, "..", "lib")
+    path = source if os.path.isdir(source) else os.path.join(here, "..", "etc", "i.ann")
+    try:
+        gs.utils.set_path(modulename="i.ann", dirname="iann", path=path)
+    except ImportError:
+        gs.fatal(_("The i.ann library is not installed"))
 
 
 def stop(signum, frame):
@@ -245,7 +278,7 @@ def main(options, flags):
     signal.signal(signal.SIGTERM, stop)
     try:
         if flags["e"]:
-            return assess_only(options)
+            return assess_only(options, flags)
         return classify(options, flags)
     except IannError as error:
         gs.fatal(str(error))
@@ -253,22 +286,63 @@ def main(options, flags):
         gs.fatal(_("Interrupted"))
 
 
-def assess_only(options):
-    """The accuracy report of an existing map (-e)."""
-    from iann.assessment import assess, check_reference, classes_of_maps
+def assess_only(options, flags):
+    """The accuracy report of an existing map (-e), and its vector map."""
+    from iann.assessment import assess, classes_of_maps
     from iann.grassio import require_rasters
+    from iann.vectorise import check_new_vector
 
     (classified,) = require_rasters([options["classified"]])
-    reference = check_reference(options["reference"])
+    reference = reference_option(options)
     check_report_files(options)
-    classes = classes_of_maps(classified, reference)
-    assess(classified, reference, classes, options["report"], options["plot"])
+    check_new_vector(options["vector"], gs.overwrite())
+    truth = reference if isinstance(reference, str) else None
+    classes = classes_of_maps(classified, truth)
+    assess(
+        classified,
+        reference,
+        classes,
+        options["report"],
+        options["plot"],
+        temporary_maps=TEMPORARY_MAPS,
+    )
+    vector_output(classified, options, flags)
     return 0
 
 
+def reference_option(options):
+    """The checked reference: a raster's full name or a VectorReference."""
+    from iann.assessment import check_reference, check_vector
+
+    if options["reference_vector"]:
+        return check_vector(
+            options["reference_vector"], options["column"], options["layer"]
+        )
+    if options["reference"]:
+        return check_reference(options["reference"])
+    return None
+
+
+def vector_output(classified, options, flags):
+    """Write the vector map of the classes when asked."""
+    from iann.vectorise import write_vector
+
+    if not options["vector"]:
+        return
+    write_vector(
+        classified,
+        options["vector"],
+        float(options["min_area"]) if options["min_area"] else 0.0,
+        flags["s"],
+        TEMPORARY_VECTORS,
+    )
+    gs.message(_("Vector map of the classes written to <{}>").format(options["vector"]))
+
+
 def classify(options, flags):
-    from iann.assessment import assess, check_reference
+    from iann.assessment import assess
     from iann.grassio import group_members
+    from iann.vectorise import check_new_vector
     from iann.jobs import ClassifyRequest
     from iann.jobs import classify as run_job
 
@@ -276,10 +350,11 @@ def classify(options, flags):
         bands = options["input"].split(",")
     else:
         bands = group_members(options["group"])
-    reference = options["reference"] or None
-    if reference:
-        reference = check_reference(reference)
+    reference = reference_option(options)
     check_report_files(options)
+    check_new_vector(options["vector"], gs.overwrite())
+    if options["min_area"] and float(options["min_area"]) < 0:
+        gs.fatal(_("min_area must not be negative"))
     request = ClassifyRequest(
         bands=bands,
         bundle=options["model"],
@@ -323,7 +398,9 @@ def classify(options, flags):
             options["report"],
             options["plot"],
             options["model"],
+            TEMPORARY_MAPS,
         )
+    vector_output(outputs.classes, options, flags)
     return 0
 
 
@@ -338,6 +415,10 @@ def check_report_files(options):
 
 
 def cleanup():
+    for name in TEMPORARY_VECTORS:
+        gs.run_command(
+            "g.remove", type="vector", name=name, flags="f", quiet=True, errors="ignore"
+        )
     for name in TEMPORARY_MAPS:
         if name:
             gs.run_command(
@@ -351,6 +432,7 @@ def cleanup():
 
 
 TEMPORARY_MAPS = []
+TEMPORARY_VECTORS = []
 
 if __name__ == "__main__":
     options, flags = gs.parser()

@@ -185,23 +185,18 @@ import grass.script as gs
 
 
 def import_library():
-    """Put the i.ann library on sys.path, from the source tree or the install."""
-    here = os.path.dirname(os.path.realpath(__file__))
-    source = os.path.join(os.path.dirname(here), "lib")
-    # Installed: <addon base>/scripts/<module> beside <addon base>/etc/i.ann,
-    # found even when GRASS_ADDON_BASE points elsewhere (grass-session).
-    installed = os.path.join(os.path.dirname(here), "etc", "i.ann")
-    if os.path.isdir(os.path.join(source, "iann")):
-        sys.path.insert(0, source)
-    elif os.path.isdir(os.path.join(installed, "iann")):
-        sys.path.insert(0, installed)
-    else:
-        from grass.script.utils import get_lib_path
+    """Put the i.ann library on sys.path: lib/ of the source tree, or etc/i.ann.
 
-        path = get_lib_path(modname="i.ann", libname="iann")
-        if path is None:
-            gs.fatal(_("The i.ann library is not installed"))
-        sys.path.insert(0, path)
+    etc/i.ann beside the installed script's folder is found even when
+    GRASS_ADDON_BASE points elsewhere (grass-session).
+    """
+    here = os.path.dirname(os.path.realpath(__file__))
+    source = os.path.join(here, "..", "lib")
+    path = source if os.path.isdir(source) else os.path.join(here, "..", "etc", "i.ann")
+    try:
+        gs.utils.set_path(modulename="i.ann", dirname="iann", path=path)
+    except ImportError:
+        gs.fatal(_("The i.ann library is not installed"))
 
 
 def main(options, flags):
@@ -252,9 +247,7 @@ def main(options, flags):
         )
         if not vector and not 0 <= sampling.min_labelled <= 100:
             gs.fatal(
-                _("min_labelled={} is not a percentage (0 to 100)").format(
-                    min_labelled
-                )
+                _("min_labelled={} is not a percentage (0 to 100)").format(min_labelled)
             )
         if sampling.min_labelled < 0:
             gs.fatal(_("min_labelled={} is negative").format(min_labelled))

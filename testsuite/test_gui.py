@@ -28,6 +28,9 @@ EXPECTED = {
             "input": "Input",
             "group": "Input",
             "reference": "Input",
+            "training": "Input",
+            "column": "Input",
+            "label_column": "Input",
             "output": "Output",
             "validation_map": "Output",
             "size": "Sampling",
@@ -36,7 +39,8 @@ EXPECTED = {
             "seed": "Sampling",
         },
         "flags": {"n": "Sampling", "p": "Output"},
-        "required": ["reference", "output"],
+        # reference= or training= (a vector): the rules require one of them.
+        "required": ["output"],
     },
     "i.ann.train": {
         "tabs": ["Input", "Output", "Network", "Training"],
@@ -75,10 +79,20 @@ EXPECTED = {
             "engine": "Processing",
             "precision": "Processing",
             "memory": "Processing",
+            "vector": "Output",
+            "min_area": "Output",
             "reference": "Accuracy",
+            "reference_vector": "Accuracy",
+            "column": "Accuracy",
             "report": "Accuracy",
         },
-        "flags": {"n": "Input", "t": "Output", "e": "Accuracy", "g": "Processing"},
+        "flags": {
+            "n": "Input",
+            "t": "Output",
+            "s": "Output",
+            "e": "Accuracy",
+            "g": "Processing",
+        },
         # model and output are checked by the module (output is not needed
         # with -e), so the parser requires none of them.
         "required": [],

@@ -1,6 +1,9 @@
 """i.ann.patches on small real rasters: content, metadata, bad input."""
 
 import json
+import resource
+import signal
+import subprocess
 
 import numpy as np
 
@@ -84,6 +87,51 @@ def test_same_seed_same_patches(mapset, tmp_path):
     assert load(tmp_path / "a")[0]["sampling"]["origins"] == (
         load(tmp_path / "b")[0]["sampling"]["origins"]
     )
+    run_ok(
+        "i.ann.patches",
+        input=",".join(bands),
+        reference=reference,
+        output=tmp_path / "c",
+        size=8,
+        number=20,
+        seed=8,
+    )
+    other = load(tmp_path / "c")
+    assert (
+        other[0]["sampling"]["origins"]
+        != load(tmp_path / "a")[0]["sampling"]["origins"]
+    )
+    assert not np.array_equal(
+        other[1]["train_images"], load(tmp_path / "a")[1]["train_images"]
+    )
+
+
+def limited_file_size(limit):
+    """preexec_fn: files may not grow beyond `limit` bytes (EFBIG, no signal)."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_write_failure_is_a_grass_error_and_keeps_the_old_dataset(mapset, tmp_path):
+    bands, reference = make_synthetic()
+    out = tmp_path / "ds"
+    common = dict(input=",".join(bands), reference=reference, size=16, seed=1)
+    run_ok("i.ann.patches", output=out, number=10, **common)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    # 400 patches of 16 x 16 x 2 float32 cells (800 kB) do not fit in files
+    # of at most 200 kB: the writes fail part-way, as on a full disk.
+    args = ["i.ann.patches", "--overwrite", "output={}".format(out), "number=400"]
+    args += ["{}={}".format(k, v) for k, v in common.items()]
+    result = subprocess.run(
+        args, capture_output=True, text=True, preexec_fn=limited_file_size(200_000)
+    )
+    assert_fails(result, "Cannot write the dataset folder <{}>".format(out))
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
 def test_integer_bands_are_stored_as_uint16(mapset, tmp_path):

@@ -247,10 +247,11 @@ def format_report(report):
                 adjusted["overall_accuracy"], adjusted["overall_accuracy_ci95"]
             )
         )
+        unit = adjusted.get("area_unit", "map units^2")
         header = "{:>6}  {:>14}  {:>22}  {:>15}  {:>15}".format(
             "value",
-            "mapped area",
-            "estimated area +/- CI",
+            "mapped " + unit,
+            "estimated {} +/- CI".format(unit),
             "user's +/- CI",
             "producer's +/- CI",
         )

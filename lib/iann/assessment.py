@@ -1,4 +1,11 @@
-"""Accuracy of a classified map against a reference map, on the region."""
+"""Accuracy of a classified map against a reference map, on the region.
+
+The reference is an integer raster map, or a vector map of points or areas
+rasterised on the region's grid (cells under its features). The area
+estimates weight the strata by the classes' areas over the whole region,
+as GRASS computes them (r.stats -a: square metres, also in latitude-
+longitude projects).
+"""
 
 import os
 
@@ -11,6 +18,7 @@ from .accuracy import (
     plot_confusion,
     write_report,
 )
+from .reference import check_vector_reference, rasterise
 from .grassio import (
     RowReader,
     read_categories,
@@ -27,12 +35,39 @@ def check_reference(reference):
     return reference
 
 
+def check_vector(name, column, layer):
+    """The vector reference of an assessment, once its map and column are checked."""
+    return check_vector_reference(name, column, layer=layer)
+
+
+def reference_raster(reference, temporary_maps):
+    """The raster map to compare with: `reference` itself, or its rasterisation.
+
+    `reference` is the full name of a raster map or a VectorReference;
+    a rasterised vector's name goes to `temporary_maps`.
+    """
+    if isinstance(reference, str):
+        return reference
+    return rasterise(reference, temporary_maps)
+
+
+def describe(reference):
+    """How messages name the reference."""
+    if isinstance(reference, str):
+        return _("Reference map <{}>").format(reference)
+    return _("Vector map <{}> (column <{}>)").format(reference.name, reference.column)
+
+
 def classes_of_maps(classified, reference):
-    """Classes (value, label) of a map and its reference, from their categories."""
+    """Classes (value, label) of a map and its reference, from their categories.
+
+    `reference` is a raster map's name, or None (a vector reference).
+    """
     labels = read_categories(classified)
-    labels.update(
-        {k: v for k, v in read_categories(reference).items() if k not in labels}
-    )
+    if reference:
+        labels.update(
+            {k: v for k, v in read_categories(reference).items() if k not in labels}
+        )
     return [{"value": v, "label": labels[v]} for v in sorted(labels)]
 
 
@@ -49,46 +84,69 @@ def count_pairs(classified, reference, chunk=256):
     return counter
 
 
-def mapped_cells_of(classified):
-    """Cells of each class value in the map (r.stats)."""
+def mapped_areas_of(classified):
+    """Area in square metres of each class value over the region (r.stats -a).
+
+    GRASS computes the areas of cells on the ellipsoid in a latitude-
+    longitude project, where nsres x ewres would be square degrees.
+    """
     return {
-        int(value): int(count)
-        for value, count in (
+        int(value): float(area)
+        for value, area in (
             line.split()
             for line in gs.read_command(
-                "r.stats", input=classified, flags="cn", quiet=True
+                "r.stats", input=classified, flags="an", quiet=True
             ).splitlines()
         )
     }
 
 
 def assess(
-    classified, reference, classes, report_file=None, plot_file=None, model=None
+    classified,
+    reference,
+    classes,
+    report_file=None,
+    plot_file=None,
+    model=None,
+    temporary_maps=None,
 ):
-    """Print the accuracy report; write it as JSON and a plot when asked."""
-    region = gs.region()
+    """Print the accuracy report; write it as JSON and a plot when asked.
+
+    `reference` is the full name of an integer raster map or a
+    VectorReference (see reference_raster).
+    """
+    temporary_maps = [] if temporary_maps is None else temporary_maps
+    truth = reference_raster(reference, temporary_maps)
     report = accuracy_report(
-        count_pairs(classified, reference),
+        count_pairs(classified, truth),
         classes,
-        mapped_cells=mapped_cells_of(classified),
-        cell_area=region["nsres"] * region["ewres"],
+        mapped_cells=mapped_areas_of(classified),
+        cell_area=1.0,
     )
     if report is None:
         gs.warning(
-            _("Reference map <{}> has no labelled cell where <{}> has data").format(
-                reference, classified
+            _("{} has no labelled cell where <{}> has data").format(
+                describe(reference), classified
             )
         )
         return None
+    if report["area_adjusted"]:
+        report["area_adjusted"]["area_unit"] = "m2"
     report["map"] = classified
-    report["reference"] = reference
+    if isinstance(reference, str):
+        report["reference"] = reference
+    else:
+        report["reference"] = reference.name
+        report["reference_vector"] = reference.provenance()
+        report["reference_cells"] = _("cells of the region under the vector's features")
     if model:
         report["model"] = os.path.abspath(model)
     print(format_report(report))
     if report["unseen_reference_classes"]:
         gs.warning(
-            _("Reference map <{}> has classes the model never saw: {}").format(
-                reference, ", ".join(str(v) for v in report["unseen_reference_classes"])
+            _("{} has classes the model never saw: {}").format(
+                describe(reference),
+                ", ".join(str(v) for v in report["unseen_reference_classes"]),
             )
         )
     if report_file:
