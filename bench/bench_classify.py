@@ -57,8 +57,9 @@ def make_bundle(folder, network):
     """A bundle with an untrained network (speed does not depend on weights)."""
     from iann import BUNDLE_FORMAT
     from iann.bundle import save_bundle
-    from iann.models import build_model, receptive_field, size_multiple
-    from iann.models import tiling_margin
+    from iann.models import build_model, size_multiple
+    from iann.receptive_field import receptive_field
+    from iann.tiling import tiling_margin
 
     architecture, filters = network.split("-")
     params = {"filters": int(filters)}

@@ -72,7 +72,8 @@ def plain_fit(dataset, settings, malloc_tuning=False):
     from iann.dataset import UNLABELLED, load_dataset
     from iann.models import build_model
     from iann.normalise import band_transform, standardise
-    from iann.training import MallocTuning, make_loss
+    from iann.callbacks import MallocTuning
+    from iann.losses import make_loss
 
     meta, arrays = load_dataset(dataset)
     mean, std = band_transform(meta["statistics"])
@@ -170,7 +171,7 @@ def main():
                 "{:.0f}".format(SEED_PATCHES / rate / 60),
             ]
         )
-    from iann.training import training_device
+    from iann.devices import training_device
 
     print(
         "\n{} patches of 64 x 64 x 5, {} with {} filters, batch {}, {}; "

@@ -49,8 +49,10 @@
 # % key: filters
 # % type: integer
 # % required: no
+# % answer: 32
+# % options: 1-100000
 # % label: Number of filters (fcn: of each block; unet, resunet: of the first level)
-# % description: Default: 64 for fcn, 32 for unet and resunet
+# % description: Not used by architecture files (give their parameters with params)
 # % guisection: Network
 # %end
 # %option
@@ -220,6 +222,7 @@
 # % exclusive: input, export
 # % requires: input, output
 # % exclusive: export, output
+# % requires: freeze, pretrained
 # %end
 
 import os
@@ -230,82 +233,46 @@ import grass.script as gs
 
 
 def import_library():
-    """Put the i.ann library on sys.path, from the source tree or the install."""
-    here = os.path.dirname(os.path.realpath(__file__))
-    source = os.path.join(os.path.dirname(here), "lib")
-    # Installed: <addon base>/scripts/<module> beside <addon base>/etc/i.ann,
-    # found even when GRASS_ADDON_BASE points elsewhere (grass-session).
-    installed = os.path.join(os.path.dirname(here), "etc", "i.ann")
-    if os.path.isdir(os.path.join(source, "iann")):
-        sys.path.insert(0, source)
-    elif os.path.isdir(os.path.join(installed, "iann")):
-        sys.path.insert(0, installed)
-    else:
-        from grass.script.utils import get_lib_path
+    """Put the i.ann library on sys.path: lib/ of the source tree, or etc/i.ann.
 
-        path = get_lib_path(modname="i.ann", libname="iann")
-        if path is None:
-            gs.fatal(_("The i.ann library is not installed"))
-        sys.path.insert(0, path)
+    etc/i.ann beside the installed script's folder is found even when
+    GRASS_ADDON_BASE points elsewhere (grass-session).
+    """
+    here = os.path.dirname(os.path.realpath(__file__))
+    source = os.path.join(here, "..", "lib")
+    path = source if os.path.isdir(source) else os.path.join(here, "..", "etc", "i.ann")
+    try:
+        gs.utils.set_path(modulename="i.ann", dirname="iann", path=path)
+    except ImportError:
+        gs.fatal(_("The i.ann library is not installed"))
 
 
 def training_settings(options, flags):
     """The training settings from the module's options."""
-    from iann.errors import IannError
-    from iann.training import parse_params
+    from iann.options import TrainingSettings, parse_params
 
     def listed(key):
         return [item for item in options[key].split(",") if item] or None
 
-    if options["filters"] and int(options["filters"]) < 1:
-        raise IannError(_("filters must be at least 1"))
-    return {
-        "architecture": options["architecture"],
-        "filters": int(options["filters"]) if options["filters"] else None,
-        "depth": int(options["depth"]),
-        "params": parse_params(options["params"]),
-        "epochs": int(options["epochs"]),
-        "batch_size": int(options["batch_size"]),
-        "learning_rate": float(options["learning_rate"]),
-        "loss": options["loss"],
-        "gamma": float(options["gamma"]),
-        "class_weight": options["class_weight"],
-        "augment": options["augmentation"] == "dihedral",
-        "patience": int(options["patience"]),
-        "seed": int(options["seed"]),
-        "bands": listed("bands"),
-        "pretrained": options["pretrained"] or None,
-        "freeze": listed("freeze"),
-        "dataset_statistics": flags["n"],
-        "precision": options["precision"],
-    }
-
-
-def export_only(folder):
-    """Add model.onnx to an existing bundle."""
-    from iann.bundle import add_onnx, load_bundle, write_metadata
-    from iann.errors import IannError
-    from iann.onnx_export import ONNX_FILE
-
-    metadata, model = load_bundle(folder)
-    if os.path.exists(os.path.join(folder, ONNX_FILE)) and not gs.overwrite():
-        raise IannError(
-            _("Model bundle <{}> has a {}; use --overwrite to replace it").format(
-                folder, ONNX_FILE
-            )
-        )
-    metadata, problem = add_onnx(folder, model, metadata)
-    if problem:
-        raise IannError(
-            _("The network of <{}> cannot be exported to ONNX: {}").format(
-                folder, problem
-            )
-        )
-    write_metadata(folder, metadata)
-    gs.message(
-        _("Added {} to <{}> ({:.1f} s)").format(
-            ONNX_FILE, folder, metadata["onnx"]["export_seconds"]
-        )
+    return TrainingSettings(
+        architecture=options["architecture"],
+        filters=int(options["filters"]),
+        depth=int(options["depth"]),
+        params=parse_params(options["params"]),
+        epochs=int(options["epochs"]),
+        batch_size=int(options["batch_size"]),
+        learning_rate=float(options["learning_rate"]),
+        loss=options["loss"],
+        gamma=float(options["gamma"]),
+        class_weight=options["class_weight"],
+        augment=options["augmentation"] == "dihedral",
+        patience=int(options["patience"]),
+        seed=int(options["seed"]),
+        bands=listed("bands"),
+        pretrained=options["pretrained"] or None,
+        freeze=listed("freeze"),
+        dataset_statistics=flags["n"],
+        precision=options["precision"],
     )
 
 
@@ -314,29 +281,27 @@ def main(options, flags):
     from iann.errors import IannError
     from iann.folders import atomic_folder, check_new_file, check_new_folder
 
-    if options["export"]:
-        try:
-            return export_only(options["export"])
-        except IannError as error:
-            gs.fatal(str(error))
     try:
+        if options["export"]:
+            from iann.onnx_export import ONNX_FILE, add_onnx_to_bundle
+
+            seconds = add_onnx_to_bundle(options["export"], gs.overwrite())
+            gs.message(
+                _("Added {} to <{}> ({:.1f} s)").format(
+                    ONNX_FILE, options["export"], seconds
+                )
+            )
+            return
         output = check_new_folder(options["output"], gs.overwrite(), _("Model bundle"))
         plot = options["plot"]
         if plot:
             plot = check_new_file(plot, gs.overwrite(), _("Plot file"))
         settings = training_settings(options, flags)
-        checkpoint = output.rstrip(os.sep) + ".checkpoint"
-        if not flags["r"] and os.path.isdir(checkpoint):
-            gs.warning(
-                _(
-                    "Starting afresh: the checkpoint <{}> of an earlier run is "
-                    "replaced (use -r to resume it)"
-                ).format(checkpoint)
-            )
-            shutil.rmtree(checkpoint)
         from iann.bundle import save_bundle
-        from iann.training import plot_history, train
+        from iann.plots import plot_history
+        from iann.training import checkpoint_folder, train
 
+        checkpoint = checkpoint_folder(output, resume=flags["r"])
         model, metadata = train(
             options["input"], settings, checkpoint=checkpoint, resume=flags["r"]
         )

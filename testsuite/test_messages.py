@@ -31,8 +31,8 @@ def test_quiet_and_verbose(mapset, tmp_path):
     assert len(verbose.stderr.splitlines()) > len(normal.stderr.splitlines())
 
 
-def bad_calls(tmp_path, bundle):
-    """Foreseeable mistakes, one module call each."""
+def bad_calls(tmp_path, bundle, patches):
+    """Foreseeable mistakes, one module call each (and the message expected)."""
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "metadata.json").write_text("{not json")
@@ -70,15 +70,45 @@ def bad_calls(tmp_path, bundle):
             "i.ann.patches",
             dict(group="nogroup", reference="s_ref", output=tmp_path / "a"),
         ),
-        ("i.ann.train", dict(input=corrupt, output=tmp_path / "m")),
-        ("i.ann.train", dict(input=text_file, output=tmp_path / "m")),
-        ("i.ann.train", dict(input=tmp_path, output=tmp_path / "m")),
-        ("i.ann.train", dict(input=tmp_path / "nothing", output=tmp_path / "m")),
-        ("i.ann.train", dict(input=tmp_path, output=tmp_path / "m", params="oops")),
-        ("i.ann.train", dict(input=tmp_path, output=tmp_path / "m", filters=0)),
         (
             "i.ann.train",
-            dict(input=tmp_path, output=tmp_path / "m", architecture=text_file),
+            dict(input=corrupt, output=tmp_path / "m"),
+            "<{}> is not a dataset written by i.ann.patches".format(corrupt),
+        ),
+        (
+            "i.ann.train",
+            dict(input=text_file, output=tmp_path / "m"),
+            "Dataset folder <{}> does not exist".format(text_file),
+        ),
+        (
+            "i.ann.train",
+            dict(input=tmp_path, output=tmp_path / "m"),
+            "metadata.json",
+        ),
+        (
+            "i.ann.train",
+            dict(input=tmp_path / "nothing", output=tmp_path / "m"),
+            "does not exist",
+        ),
+        (
+            "i.ann.train",
+            dict(input=patches, output=tmp_path / "m", params="oops"),
+            "Parameter <oops> is not of the form key=value",
+        ),
+        (
+            "i.ann.train",
+            dict(input=patches, output=tmp_path / "m", filters=0),
+            "Value <0> out of range for parameter <filters>",
+        ),
+        (
+            "i.ann.train",
+            dict(input=patches, output=tmp_path / "m", freeze="copied"),
+            "Option <freeze> requires <pretrained>",
+        ),
+        (
+            "i.ann.train",
+            dict(input=patches, output=tmp_path / "m", architecture=text_file),
+            "Cannot load architecture file <{}>".format(text_file),
         ),
         ("i.ann.classify", dict(input="s_b1,s_b2", model=corrupt, output="x")),
         (
@@ -106,11 +136,19 @@ def bad_calls(tmp_path, bundle):
     ]
 
 
-def test_bad_input_gives_a_message_not_a_traceback(mapset, tmp_path, trained_bundle):
+def test_bad_input_gives_a_message_not_a_traceback(
+    mapset, tmp_path, trained_bundle, synthetic_patches
+):
     make_synthetic()
-    for module, options in bad_calls(tmp_path, trained_bundle):
+    for module, options, *expected in bad_calls(
+        tmp_path, trained_bundle, synthetic_patches
+    ):
         flags = [options.pop("flags")] if "flags" in options else []
         result = run(module, *flags, **options)
         assert result.returncode != 0, (module, options)
         assert "Traceback" not in result.stderr, result.stderr
         assert "ERROR" in result.stderr, (module, options, result.stderr)
+        # GRASS wraps long messages: compare with the line breaks taken out.
+        message = " ".join(result.stderr.split())
+        for fragment in expected:
+            assert fragment in message, (module, options, result.stderr)

@@ -8,7 +8,6 @@ import pytest
 
 from iann.sampling import (
     UNLABELLED,
-    covered_cells,
     draw_origins,
     encode_labels,
     usable_origins,
@@ -87,17 +86,6 @@ def test_draw_origins(method):
     # More than there are candidates: all of them.
     everything = draw_origins(candidates, 10**6, "random", rng, 3, 4, centre)
     assert sorted(everything.tolist()) == np.flatnonzero(candidates).tolist()
-
-
-def test_covered_cells_equal_painted_patches():
-    shape, size = (9, 11), 3
-    width = shape[1] - size + 1
-    flat = np.array([0, 2 * width + 5, 6 * width + 8])
-    painted = np.zeros(shape, dtype=bool)
-    for f in flat:
-        r, c = divmod(int(f), width)
-        painted[r : r + size, c : c + size] = True
-    np.testing.assert_array_equal(covered_cells(shape, flat, size), painted)
 
 
 def test_blocks_and_tiles_cover_the_region_once():

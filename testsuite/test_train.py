@@ -1,6 +1,7 @@
 """i.ann.train: a real (tiny) training, the bundle it writes, bad input."""
 
 import json
+import shutil
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def test_training_messages(mapset, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_same_seed_same_weights(mapset, tmp_path):
+def test_seed_decides_the_weights(mapset, tmp_path):
     import keras
 
     bands, reference = make_synthetic()
@@ -64,7 +65,7 @@ def test_same_seed_same_weights(mapset, tmp_path):
         size=8,
         number=16,
     )
-    for name in ("a", "b"):
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         run_ok(
             "i.ann.train",
             input=tmp_path / "p",
@@ -72,12 +73,17 @@ def test_same_seed_same_weights(mapset, tmp_path):
             filters=4,
             epochs=1,
             batch_size=4,
-            seed=5,
+            seed=seed,
         )
-    a = keras.saving.load_model(tmp_path / "a" / "model.keras").get_weights()
-    b = keras.saving.load_model(tmp_path / "b" / "model.keras").get_weights()
-    for wa, wb in zip(a, b):
+    a, b, c = (
+        keras.saving.load_model(tmp_path / name / "model.keras", compile=False)
+        for name in "abc"
+    )
+    # The same seed and settings give the same weights, another seed others.
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    kernel = a.get_layer("block1a_conv").get_weights()[0]
+    assert not np.allclose(kernel, c.get_layer("block1a_conv").get_weights()[0])
 
 
 def test_bad_input(mapset, tmp_path, trained_bundle):
@@ -111,3 +117,51 @@ def test_bad_input(mapset, tmp_path, trained_bundle):
         "overwrite",
     )
     assert list(existing.iterdir()) == []
+
+
+UNSAVEABLE = """
+import keras
+from keras import layers
+
+
+class Unsaveable(layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+
+    def get_config(self):
+        raise RuntimeError("this layer cannot be saved")
+
+
+def build_model(input_shape, n_classes):
+    inputs = keras.Input(shape=(None, None, input_shape[-1]))
+    x = layers.Conv2D(2, 3, padding="same")(Unsaveable()(inputs))
+    outputs = layers.Conv2D(n_classes, 1, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+"""
+
+
+def test_failed_overwrite_keeps_the_old_bundle(
+    synthetic_patches, trained_bundle, tmp_path
+):
+    # The bundle is written to a temporary folder that replaces the old one
+    # only once complete: a run that fails after training (here, saving a
+    # network with a layer Keras cannot save) leaves the old bundle as it was.
+    output = tmp_path / "model"
+    shutil.copytree(trained_bundle, output)
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    architecture = tmp_path / "unsaveable.py"
+    architecture.write_text(UNSAVEABLE)
+    result = run(
+        "i.ann.train",
+        "overwrite",
+        input=synthetic_patches,
+        output=output,
+        architecture=architecture,
+        epochs=1,
+        batch_size=8,
+    )
+    assert result.returncode != 0
+    assert "Epoch 1/1" in result.stderr
+    assert "this layer cannot be saved" in result.stderr
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]

@@ -71,6 +71,36 @@ def classes_of_maps(classified, reference):
     return [{"value": v, "label": labels[v]} for v in sorted(labels)]
 
 
+def labels_of_values(classified, classes, counter):
+    """`classes` and the map's labels of compared values missing from them.
+
+    r.category without cats= lists only the categories within the map's
+    range of values: a class the map has a label for but never assigns
+    (below its smallest or above its largest value) would be reported by
+    its number, as a class the model never saw.
+    """
+    y_true, y_pred, _weights = counter.arrays()
+    known = {c["value"] for c in classes}
+    missing = sorted((set(y_true.tolist()) | set(y_pred.tolist())) - known)
+    if not missing:
+        return classes
+    try:
+        text = gs.read_command(
+            "r.category",
+            map=classified,
+            cats=",".join(str(v) for v in missing),
+            separator="pipe",
+        )
+    except gs.CalledModuleError:
+        return classes
+    found = []
+    for line in text.splitlines():
+        value, _bar, label = line.partition("|")
+        if label.strip():
+            found.append({"value": int(float(value)), "label": label.strip()})
+    return sorted(classes + found, key=lambda c: c["value"])
+
+
 def count_pairs(classified, reference, chunk=256):
     """PairCounter of (reference, map) values over the region."""
     counter = PairCounter()
@@ -117,9 +147,10 @@ def assess(
     """
     temporary_maps = [] if temporary_maps is None else temporary_maps
     truth = reference_raster(reference, temporary_maps)
+    counter = count_pairs(classified, truth)
     report = accuracy_report(
-        count_pairs(classified, truth),
-        classes,
+        counter,
+        labels_of_values(classified, classes, counter),
         mapped_cells=mapped_areas_of(classified),
         cell_area=1.0,
     )

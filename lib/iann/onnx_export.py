@@ -190,3 +190,30 @@ def export_onnx(folder, model, metadata):
         ),
     }
     return record, None
+
+
+def add_onnx_to_bundle(folder, overwrite=False):
+    """Export model.onnx into an existing bundle; the seconds it took.
+
+    For bundles written without one; an existing model.onnx is replaced
+    only with `overwrite`.
+    """
+    from .bundle import add_onnx, load_bundle, write_metadata
+    from .errors import IannError
+
+    metadata, model = load_bundle(folder)
+    if os.path.exists(os.path.join(folder, ONNX_FILE)) and not overwrite:
+        raise IannError(
+            _("Model bundle <{}> has a {}; use --overwrite to replace it").format(
+                folder, ONNX_FILE
+            )
+        )
+    metadata, problem = add_onnx(folder, model, metadata)
+    if problem:
+        raise IannError(
+            _("The network of <{}> cannot be exported to ONNX: {}").format(
+                folder, problem
+            )
+        )
+    write_metadata(folder, metadata)
+    return metadata["onnx"]["export_seconds"]

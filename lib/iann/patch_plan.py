@@ -28,7 +28,6 @@ from .reading import (
 from .sampling import (
     MAX_CLASSES,
     UNLABELLED,
-    covered_cells,
     draw_origins,
     encode_labels,
     label_patches,
@@ -150,19 +149,41 @@ def draw_patches(labels, usable, sampling, region, rng):
     return draw
 
 
-def labels_by_part(labels, draw, sampling):
-    """The label grid each part's patches are cut from.
+def split_points(labels, labelled, band_nulls, need, sampling, rng):
+    """A random split of a sparse reference: each labelled cell on one side.
 
-    With a random split, patches of the two parts may overlap. A sparse
-    reference's labelled cell inside a training patch is then unlabelled in
-    the validation patches, so that no point is both trained on and
-    validated with.
+    Every labelled cell (a point, the cells of a line or an area) goes to
+    validation with the validation fraction's probability, else to
+    training. A part's patches are centred on its own cells and see only
+    them labelled, so no point is both trained on and validated with, and
+    validation keeps its share of the points however much patches overlap.
+    Returns the Draw and the label grid of each part.
     """
-    if not (sampling.sparse and sampling.split == "random"):
-        return {part: labels for part in PARTS}
-    seen = covered_cells(labels.shape, draw.origins["train"], sampling.size)
-    validation = np.where(seen, UNLABELLED, labels).astype(np.uint8)
-    return {"train": labels, "validation": validation}
+    size = sampling.size
+    n_validation = int(round(sampling.number * sampling.validation))
+    wanted = {"train": sampling.number - n_validation, "validation": n_validation}
+    cells = np.flatnonzero(labelled)
+    to_validation = rng.random(len(cells)) < sampling.validation
+    origins, part_labels = {}, {}
+    for part, chosen in (("train", ~to_validation), ("validation", to_validation)):
+        side = np.zeros_like(labelled)
+        side.flat[cells[chosen]] = True
+        usable = usable_origins(
+            band_nulls, side, size, need, sampling.keep_nulls, centred=True
+        )
+        origins[part] = np.sort(
+            draw_origins(
+                usable,
+                wanted[part],
+                sampling.method,
+                rng,
+                size,
+                sampling.stride or size,
+                labels,
+            )
+        )
+        part_labels[part] = np.where(side, labels, UNLABELLED).astype(np.uint8)
+    return Draw(origins, wanted), part_labels
 
 
 def count_classes(labels, draw, sampling, n_classes):
@@ -227,13 +248,18 @@ def create_patches(bands, reference, sampling, temporary_maps, vector=None):
         labelled &= ~band_nulls
 
     need = labelled_cells_needed(sampling.min_labelled, size, sampling.sparse)
-    usable = usable_origins(
-        band_nulls, labelled, size, need, sampling.keep_nulls, sampling.sparse
-    )
+    rng = np.random.default_rng(sampling.seed)
+    if sampling.sparse and sampling.split == "random":
+        draw, labels = split_points(labels, labelled, band_nulls, need, sampling, rng)
+    else:
+        usable = usable_origins(
+            band_nulls, labelled, size, need, sampling.keep_nulls, sampling.sparse
+        )
+        draw = draw_patches(labels, usable, sampling, region, rng)
+        labels = {part: labels for part in PARTS}
+        del usable
     del band_nulls
-    draw = draw_patches(
-        labels, usable, sampling, region, np.random.default_rng(sampling.seed)
-    )
+    width = region["cols"] - size + 1
     obtained = sum(len(o) for o in draw.origins.values())
     if obtained == 0:
         raise IannError(
@@ -248,7 +274,6 @@ def create_patches(bands, reference, sampling, temporary_maps, vector=None):
                 obtained, sampling.number
             )
         )
-    labels = labels_by_part(labels, draw, sampling)
     dtype = image_dtype(band_infos, resampled=any(r["resampled"] for r in band_records))
     metadata = {
         "format": DATASET_FORMAT,
@@ -263,7 +288,7 @@ def create_patches(bands, reference, sampling, temporary_maps, vector=None):
         "image_dtype": np.dtype(dtype).name,
         "statistics": statistics,
         "statistics_area": "labelled reference cells with data in the band",
-        "sampling": sampling_metadata(sampling, draw, obtained, usable.shape[1]),
+        "sampling": sampling_metadata(sampling, draw, obtained, width),
         "counts": count_classes(labels, draw, sampling, len(values)),
         "region": {k: region[k] for k in region},
         "mask": bool(gs.find_file("MASK", element="cell", mapset=".")["fullname"]),
@@ -278,7 +303,7 @@ def create_patches(bands, reference, sampling, temporary_maps, vector=None):
         dtype,
         draw.validation_cells,
         metadata,
-        usable.shape[1],
+        width,
     )
 
 

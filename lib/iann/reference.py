@@ -102,12 +102,22 @@ def rasterise(reference, temporary_maps):
     output = gs.append_node_pid("iann_reference")
     temporary_maps.append(output)
     options = {"label_column": reference.label_column} if reference.label_column else {}
+    # Only the feature types the map has: v.to.rast warns of each one missing
+    # ("No areas selected" for a map of points).
+    topology = gs.vector_info_topo(reference.name)
+    types = [
+        kind
+        for kind, key in (("point", "points"), ("line", "lines"), ("area", "areas"))
+        if topology.get(key)
+    ]
+    if not types:
+        raise no_features(reference)
     try:
         gs.run_command(
             "v.to.rast",
             input=reference.name,
             layer=reference.layer,
-            type="point,line,area",
+            type=",".join(types),
             use="attr",
             attribute_column=reference.column,
             output=output,

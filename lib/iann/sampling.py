@@ -125,18 +125,6 @@ def draw_origins(candidates, number, method, rng, size, stride, centre_classes):
     return rng.permutation(np.concatenate(chosen))
 
 
-def covered_cells(shape, flat, size):
-    """Boolean grid of `shape` cells inside any of the patches at `flat` origins.
-
-    Origins index the grid of possible top-left cells, shape[1] - size + 1
-    columns wide.
-    """
-    width = shape[1] - size + 1
-    origins = np.zeros((shape[0] + size - 1, shape[1] + size - 1), dtype=np.uint8)
-    origins[flat // width + size - 1, flat % width + size - 1] = 1
-    return window_sums(origins, size) > 0
-
-
 def label_patches(labels, flat, width, size, chunk=1024):
     """Label patches at the given origins, a chunk of patches at a time."""
     windows = sliding_window_view(labels, (size, size))

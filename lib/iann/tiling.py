@@ -146,3 +146,12 @@ def tile_size_for_memory(
 def workers_for(requested, n_blocks):
     """Worker processes worth starting: never more than there are blocks."""
     return max(1, min(requested, n_blocks))
+
+
+def tiling_margin(field, multiple=1):
+    """Margin read around each tile: half the field, up to the size multiple.
+
+    Tiles and margins that are multiples of `multiple` keep every tile's
+    poolings on the same grid as a whole-region prediction.
+    """
+    return round_up(field // 2, multiple)

@@ -47,14 +47,26 @@ def write_vector(classes, output, min_area, smooth, temporary_vectors):
     )
     final = areas
     if min_area:
-        final = temporary_vector_name("iann_cleaned")
-        temporary_vectors.append(final)
+        cleaned = temporary_vector_name("iann_cleaned")
+        temporary_vectors.append(cleaned)
         gs.run_command(
             "v.clean",
             input=areas,
-            output=final,
+            output=cleaned,
             tool="rmarea",
             threshold=min_area,
+            quiet=True,
+            overwrite=True,
+        )
+        # v.clean keeps the attribute rows of the areas it merged away;
+        # v.extract copies only the rows of the areas left.
+        final = temporary_vector_name("iann_kept")
+        temporary_vectors.append(final)
+        gs.run_command(
+            "v.extract",
+            input=cleaned,
+            output=final,
+            type="area",
             quiet=True,
             overwrite=True,
         )
