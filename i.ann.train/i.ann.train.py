@@ -157,12 +157,22 @@
 # % guisection: Training
 # %end
 # %option
+# % key: monitor
+# % type: string
+# % required: no
+# % answer: val_loss
+# % options: val_loss,val_overall_accuracy,val_kappa,val_macro_f1
+# % label: Validation figure that chooses the kept epoch and stops early
+# % descriptions: val_loss;loss on the validation patches (lowest);val_overall_accuracy;overall accuracy of the validation cells (highest);val_kappa;Cohen's kappa of the validation cells (highest);val_macro_f1;mean F1 of the classes (highest), for rare classes
+# % guisection: Training
+# %end
+# %option
 # % key: patience
 # % type: integer
 # % required: no
 # % answer: 0
 # % options: 0-100000
-# % label: Stop after this many epochs without a lower validation loss
+# % label: Stop after this many epochs without a better monitor= figure
 # % description: 0: never stop early; the model of the best epoch is kept either way
 # % guisection: Training
 # %end
@@ -267,6 +277,7 @@ def training_settings(options, flags):
         class_weight=options["class_weight"],
         augment=options["augmentation"] == "dihedral",
         patience=int(options["patience"]),
+        monitor=options["monitor"],
         seed=int(options["seed"]),
         bands=listed("bands"),
         pretrained=options["pretrained"] or None,

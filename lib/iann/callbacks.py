@@ -1,6 +1,8 @@
 """Keras callbacks of i.ann.train: GRASS messages and early stopping, malloc."""
 
 import ctypes
+import math
+import os
 import time
 
 import keras
@@ -16,11 +18,24 @@ class GrassProgress(keras.callbacks.Callback):
     saved and restored, so that a resumed run continues the same way.
     """
 
-    def __init__(self, epochs, monitor, patience=0, state=None):
+    # The figures of the epoch's message line, in this order.
+    SHOWN = (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "val_overall_accuracy",
+        "val_kappa",
+        "val_macro_f1",
+    )
+
+    def __init__(self, epochs, monitor, patience=0, state=None, mode="min"):
         super().__init__()
         self.epochs = epochs
         self.monitor = monitor
         self.patience = patience
+        # Values are compared as sign x value, lower is better.
+        self.sign = 1.0 if mode == "min" else -1.0
         state = state or {}
         self.best = state.get("best", np.inf)
         self.best_epoch = state.get("best_epoch")
@@ -49,19 +64,28 @@ class GrassProgress(keras.callbacks.Callback):
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
         parts = [
-            "{}={:.4f}".format(key, logs[key])
-            for key in ("loss", "accuracy", "val_loss", "val_accuracy")
-            if key in logs
+            "{}={:.4f}".format(key, logs[key]) for key in self.SHOWN if key in logs
         ]
         gs.message(
             _("Epoch {}/{}: {} ({:.1f} s)").format(
                 epoch + 1, self.epochs, " ".join(parts), seconds
             )
         )
-        gs.percent(epoch + 1, self.epochs, 1)
+        per_class = [
+            "{}={:.3f}".format(key[len("val_f1_") :], logs[key])
+            for key in logs
+            if key.startswith("val_f1_") and not math.isnan(logs[key])
+        ]
+        if per_class:
+            gs.verbose(_("Validation F1 by class: {}").format(" ".join(per_class)))
+        # The percentage is for the GUI's progress bar: in a terminal or a
+        # log, the epoch lines are the progress, and "8%" would share the
+        # next epoch's line.
+        if os.environ.get("GRASS_MESSAGE_FORMAT") == "gui":
+            gs.percent(epoch + 1, self.epochs, 1)
         value = logs.get(self.monitor)
-        if value is not None and value < self.best:
-            self.best = float(value)
+        if value is not None and self.sign * value < self.best:
+            self.best = self.sign * float(value)
             self.best_epoch = epoch + 1
             self.best_weights = self.model.get_weights()
             self.wait = 0

@@ -33,6 +33,7 @@ class TrainingSettings:
     class_weight: str = "none"
     augment: bool = True
     patience: int = 0
+    monitor: str = "val_loss"
     seed: int = 1
     bands: list = None
     pretrained: str = None

@@ -21,6 +21,7 @@ from .bundle import load_bundle
 from .callbacks import GrassProgress, MallocTuning
 from .checkpoints import Checkpoint, restore_checkpoint, resumable_state
 from .dataset import load_dataset
+from .epoch_metrics import MONITORS, ValidationMetrics
 from .devices import (
     data_parallel_scope,
     precision_policy,
@@ -211,12 +212,21 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
     With a checkpoint `state`, training goes on after its last epoch.
     """
     arrays = ready.arrays
-    monitor = "val_loss" if len(arrays["validation_images"]) else "loss"
+    monitor = settings.monitor
+    if not len(arrays["validation_images"]):
+        gs.warning(
+            _(
+                "The dataset has no validation patches: {} cannot be computed; "
+                "the training loss chooses the kept epoch instead"
+            ).format(monitor)
+        )
+        monitor = "loss"
     progress = GrassProgress(
         settings.epochs,
         monitor,
         settings.patience,
         state["progress"] if state is not None else None,
+        mode=MONITORS.get(monitor, "min"),
     )
     start = 0
     if state is not None:
@@ -242,7 +252,16 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
                 len(ready.copied), settings.pretrained
             )
         )
-    callbacks = [EpochOrder(train_data), MallocTuning(), progress]
+    callbacks = [EpochOrder(train_data), MallocTuning()]
+    if validation_data is not None:
+        callbacks.append(
+            ValidationMetrics(
+                validation_data,
+                arrays["validation_labels"],
+                [c["value"] for c in ready.data_meta["classes"]],
+            )
+        )
+    callbacks.append(progress)
     if checkpoint:
         os.makedirs(checkpoint, exist_ok=True)
         callbacks.append(Checkpoint(checkpoint, dataclasses.asdict(settings), progress))
