@@ -120,6 +120,16 @@
 # % guisection: Training
 # %end
 # %option
+# % key: schedule
+# % type: string
+# % required: no
+# % answer: constant
+# % options: constant,cosine
+# % label: Learning rate over the epochs
+# % descriptions: constant;learning_rate throughout;cosine;rises linearly to learning_rate in the first epoch, then falls to 0 along a half cosine
+# % guisection: Training
+# %end
+# %option
 # % key: loss
 # % type: string
 # % required: no
@@ -142,8 +152,8 @@
 # % type: string
 # % required: no
 # % answer: none
-# % label: Class weights in the loss: none, balanced, or a file
-# % description: balanced: inverse of each class's share of the training cells; file: lines of 'class_value weight'
+# % label: Class weights in the loss: none, balanced, sqrt, or a file
+# % description: balanced: inverse of each class's share of the training cells; sqrt: inverse square root of it; file: lines of 'class_value weight'
 # % guisection: Training
 # %end
 # %option
@@ -272,6 +282,7 @@ def training_settings(options, flags):
         epochs=int(options["epochs"]),
         batch_size=int(options["batch_size"]),
         learning_rate=float(options["learning_rate"]),
+        schedule=options["schedule"],
         loss=options["loss"],
         gamma=float(options["gamma"]),
         class_weight=options["class_weight"],

@@ -65,6 +65,11 @@ def test_class_weights(tmp_path):
     np.testing.assert_allclose(
         class_weights_for("balanced", CLASSES, [10, 30, 0]), [2.0, 2 / 3, 0.0]
     )
+    # sqrt: proportional to 1 / sqrt(cells), 1 on average over the cells.
+    counts = np.array([10, 40, 0])
+    weights = class_weights_for("sqrt", CLASSES, counts)
+    assert weights[0] == pytest.approx(2 * weights[1]) and weights[2] == 0
+    assert (weights * counts).sum() == pytest.approx(counts.sum())
     path = tmp_path / "weights.txt"
     path.write_text("# value weight\n11 0.5\n21,2\n31=0\n")
     np.testing.assert_allclose(class_weights_for(str(path), CLASSES, None), [0.5, 2, 0])
@@ -74,7 +79,7 @@ def test_class_weights(tmp_path):
     path.write_text("11 -1\n")
     with pytest.raises(IannError, match="line 1: negative weight"):
         class_weights_for(str(path), CLASSES, None)
-    with pytest.raises(IannError, match="neither none, balanced nor a file"):
+    with pytest.raises(IannError, match="neither none, balanced, sqrt nor a file"):
         class_weights_for(str(tmp_path / "missing"), CLASSES, None)
 
 

@@ -256,3 +256,21 @@ def test_failed_overwrite_keeps_the_old_bundle(
     assert "this layer cannot be saved" in result.stderr
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+
+
+def test_cosine_schedule(synthetic_patches, tmp_path):
+    run_ok(
+        "i.ann.train",
+        input=synthetic_patches,
+        output=tmp_path / "m",
+        filters=4,
+        epochs=3,
+        batch_size=8,
+        learning_rate=0.01,
+        schedule="cosine",
+    )
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    rates = meta["training"]["history"]["learning_rate"]
+    # Warm-up over epoch 1, then 0.01 x (1 + cos(pi t)) / 2 over epochs 2-3.
+    np.testing.assert_allclose(rates, [0.01, 0.005, 0.0], atol=1e-6)
+    assert meta["training"]["schedule"] == "cosine"

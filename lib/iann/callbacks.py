@@ -60,6 +60,10 @@ class GrassProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         seconds = time.perf_counter() - self.started
+        # The rate the epoch ended with (a schedule's value after its steps).
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
         self.epoch_seconds.append(seconds)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))

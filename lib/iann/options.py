@@ -28,6 +28,7 @@ class TrainingSettings:
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 0.001
+    schedule: str = "constant"
     loss: str = "crossentropy"
     gamma: float = 2.0
     class_weight: str = "none"
@@ -107,20 +108,26 @@ def select_bands(requested, bands):
 
 
 def class_weights_for(method, classes, counts):
-    """Per-class loss weights: `none`, `balanced` or from a file of value weight.
+    """Per-class loss weights: `none`, `balanced`, `sqrt` or from a file.
 
     `balanced` weights each class by the inverse of its share of the
     labelled training cells (n / (K n_c), as scikit-learn), so that every
-    class weighs the same in the loss; classes absent from training get 0.
+    class weighs the same in the loss; `sqrt` by the inverse square root of
+    its share, a softer form that lifts rare classes without letting a few
+    cells dominate. Both average 1 over the labelled cells; classes absent
+    from training get 0. A file gives lines of `class_value weight`.
     """
     n_classes = len(classes)
     if method in (None, "", "none"):
         return np.ones(n_classes, dtype=np.float32)
-    if method == "balanced":
+    if method in ("balanced", "sqrt"):
         n = np.asarray(counts, dtype=np.float64)
         present = n > 0
         weights = np.zeros(n_classes)
-        weights[present] = n.sum() / (present.sum() * n[present])
+        if method == "balanced":
+            weights[present] = n.sum() / (present.sum() * n[present])
+        else:
+            weights[present] = n.sum() / (np.sqrt(n[present]) * np.sqrt(n).sum())
         return weights.astype(np.float32)
     return read_class_weight_file(method, classes)
 
@@ -129,7 +136,9 @@ def read_class_weight_file(path, classes):
     """Weights from a text file of lines `class_value weight`."""
     if not os.path.isfile(path):
         raise IannError(
-            _("class_weight <{}> is neither none, balanced nor a file").format(path)
+            _("class_weight <{}> is neither none, balanced, sqrt nor a file").format(
+                path
+            )
         )
     given = {}
     with open(path) as f:

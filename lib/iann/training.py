@@ -145,8 +145,11 @@ def prepare(dataset, settings):
                 [c["value"] for c in pretrained_meta["classes"]],
                 [c["value"] for c in data_meta["classes"]],
             )
+        steps = -(-len(arrays["train_images"]) // settings.batch_size)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
+            optimizer=keras.optimizers.Adam(
+                learning_rate=learning_rate(settings, steps)
+            ),
             loss=make_loss(settings.loss, settings.gamma),
             weighted_metrics=["accuracy"],
         )
@@ -160,6 +163,24 @@ def prepare(dataset, settings):
         multiple,
         pretrained_meta,
         copied,
+    )
+
+
+def learning_rate(settings, steps_per_epoch):
+    """The learning rate, or its schedule over the training's steps.
+
+    cosine: a linear warm-up over the first epoch (Adam's first steps are
+    the noisiest), then a half cosine down to 0 at the last epoch.
+    """
+    if settings.schedule == "constant":
+        return settings.learning_rate
+    warmup = steps_per_epoch
+    total = max(warmup + 1, settings.epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=total - warmup,
+        warmup_target=settings.learning_rate,
+        warmup_steps=warmup,
     )
 
 
@@ -365,6 +386,7 @@ def bundle_metadata(
             "stopped_early": epochs_run < settings.epochs,
             "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate,
+            "schedule": settings.schedule,
             "loss": settings.loss,
             "focal_gamma": settings.gamma if settings.loss == "focal" else None,
             "class_weight": settings.class_weight,
