@@ -55,4 +55,3 @@ echo "== i.ann.classify: the whole scene, accuracy on the held-out blocks"
 i.ann.classify --overwrite input="$bands" model="$work/model" \
     output=landcover_fcn reference=landclass96_heldout report="$work/report.json" \
     probabilities=prob uncertainty=uncertainty plot="$work/confusion.png"
-r.category landcover_fcn

@@ -415,6 +415,9 @@ def check_report_files(options):
 
 
 def cleanup():
+    # A second Ctrl-C must not cut the clean-up short (with a traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for name in TEMPORARY_VECTORS:
         gs.run_command(
             "g.remove", type="vector", name=name, flags="f", quiet=True, errors="ignore"

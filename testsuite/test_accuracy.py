@@ -90,3 +90,74 @@ def test_area_adjusted_estimates_by_hand():
     assert one["producers_accuracy"] == pytest.approx(0.48 / 0.52)
     assert two["producers_accuracy"] == pytest.approx(0.16 / 0.48)
     assert "Area-adjusted" in format_report(report)
+
+
+def test_area_adjusted_confidence_intervals_follow_olofsson_2014():
+    """Every estimate and 95% interval against the paper's formulas.
+
+    Olofsson et al. (2014, Remote Sensing of Environment 148, 42-57),
+    written out here term by term for a 3-class sample stratified by map
+    class: i is the map class (stratum), j the reference class, n_ij the
+    sample counts, N_i the mapped cells, W_i = N_i / N.
+    """
+    n = np.array([[40, 5, 5], [6, 30, 4], [2, 3, 25]], dtype=float)
+    mapped_cells = {1: 5000, 2: 3000, 3: 2000}
+    cell_area = 900.0
+    reference, mapped = [], []
+    for i in range(3):
+        for j in range(3):
+            reference += [j + 1] * int(n[i, j])
+            mapped += [i + 1] * int(n[i, j])
+    counter = PairCounter()
+    counter.add(np.array(reference, np.int32), np.array(mapped, np.int32))
+    classes = CLASSES + [{"value": 3, "label": "c"}]
+    adjusted = accuracy_report(
+        counter, classes, mapped_cells=mapped_cells, cell_area=cell_area
+    )["area_adjusted"]
+
+    N_i = np.array([5000.0, 3000.0, 2000.0])
+    W = N_i / N_i.sum()
+    n_i = n.sum(axis=1)
+    p = np.array([[W[i] * n[i, j] / n_i[i] for j in range(3)] for i in range(3)])
+    # Overall accuracy, eq. (1) and (4).
+    overall = sum(p[k, k] for k in range(3))
+    users = [n[i, i] / n_i[i] for i in range(3)]
+    v_overall = sum(
+        W[i] ** 2 * users[i] * (1 - users[i]) / (n_i[i] - 1) for i in range(3)
+    )
+    assert adjusted["overall_accuracy"] == pytest.approx(overall)
+    assert adjusted["overall_accuracy_ci95"] == pytest.approx(1.96 * np.sqrt(v_overall))
+    for j, got in enumerate(adjusted["classes"]):
+        # User's accuracy, eq. (2) and (5).
+        assert got["users_accuracy"] == pytest.approx(users[j])
+        assert got["users_accuracy_ci95"] == pytest.approx(
+            1.96 * np.sqrt(users[j] * (1 - users[j]) / (n_i[j] - 1))
+        )
+        # Producer's accuracy, eq. (3) and (7), with the estimated
+        # reference total of class j, N_.j = sum_i N_i / n_i. n_ij.
+        p_j = sum(p[i, j] for i in range(3))
+        producers = p[j, j] / p_j
+        N_j = sum(N_i[i] / n_i[i] * n[i, j] for i in range(3))
+        own = N_i[j] ** 2 * (1 - producers) ** 2 * users[j] * (1 - users[j])
+        own /= n_i[j] - 1
+        others = sum(
+            N_i[i] ** 2 * (n[i, j] / n_i[i]) * (1 - n[i, j] / n_i[i]) / (n_i[i] - 1)
+            for i in range(3)
+            if i != j
+        )
+        v_producers = (own + producers**2 * others) / N_j**2
+        assert got["producers_accuracy"] == pytest.approx(producers)
+        assert got["producers_accuracy_ci95"] == pytest.approx(
+            1.96 * np.sqrt(v_producers)
+        )
+        # Area of class j, eq. (9), (10) and (11), in map units.
+        area = N_i.sum() * cell_area
+        s_p = np.sqrt(
+            sum(
+                W[i] ** 2 * (n[i, j] / n_i[i]) * (1 - n[i, j] / n_i[i]) / (n_i[i] - 1)
+                for i in range(3)
+            )
+        )
+        assert got["area"] == pytest.approx(area * p_j)
+        assert got["area_ci95"] == pytest.approx(1.96 * area * s_p)
+        assert got["mapped_area"] == pytest.approx(N_i[j] * cell_area)

@@ -8,11 +8,13 @@ mapsets of their own, as workers on other machines do.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,15 @@ import pytest
 
 import grass.script as gs
 
-from conftest import assert_fails, make_synthetic, raster_exists, read_map, run, run_ok
+from conftest import (
+    assert_fails,
+    make_synthetic,
+    own_messages,
+    raster_exists,
+    read_map,
+    run,
+    run_ok,
+)
 
 DONE_FOLDER = "i.ann_blocks_done"
 
@@ -182,11 +192,18 @@ def classify_maps(name):
     return classes, probabilities, read_map(name + "_u", null=np.nan)
 
 
+def assert_classified(classes, null=-1):
+    """A class map with data, in more than one class (not all NULL)."""
+    assert (classes != null).sum() > 0, "the map is all NULL"
+    assert len(np.unique(classes[classes != null])) >= 2, np.unique(classes)
+
+
 def assert_same_maps(a, b, label=""):
     np.testing.assert_array_equal(a[0], b[0], err_msg=label)
     np.testing.assert_allclose(a[1], b[1], atol=1e-5, err_msg=label)
     np.testing.assert_allclose(a[2], b[2], atol=1e-5, err_msg=label)
-    assert (a[0] != -1).sum() > 100 and len(np.unique(a[0][a[0] != -1])) >= 2
+    assert (a[0] != -1).sum() > 100
+    assert_classified(a[0])
 
 
 @pytest.mark.parametrize("architecture", ["fcn", "unet"])
@@ -257,6 +274,7 @@ def test_processes_and_cluster_equal_one_process(
             **options,
         )
     objects = read_map("obj_one", null=-1, dtype=np.int32)
+    assert_classified(objects)
     segs = read_map("segs", dtype=np.int32)
     for seg in np.unique(segs):
         assert len(np.unique(objects[segs == seg])) == 1
@@ -296,6 +314,7 @@ def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
         stop_group(process)
     assert process.returncode == 0, stderr
     assert killed_at < 49  # the worker died with blocks still to classify
+    assert_classified(read_map("whole", null=-1, dtype=np.int32))
     np.testing.assert_array_equal(read_map("whole"), read_map("survived"))
 
 
@@ -328,12 +347,13 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
         model=trained_bundle,
         output="ref_t",
     )
+    assert_classified(read_map("ref_t", null=-1, dtype=np.int32))
     np.testing.assert_array_equal(read_map("ref_t"), read_map("resumed"))
     assert job_mapsets() == []
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how):
+@pytest.mark.parametrize("how,nprocs", [("ctrl-c", 1), ("ctrl-c", 2), ("sigterm", 2)])
+def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how, nprocs):
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=160, cols=160)
     gs.mapcalc("out = 7", quiet=True)
@@ -346,7 +366,7 @@ def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how):
         output="out",
         probabilities="outp",
         block_size=25,
-        nprocs=1 if how == "ctrl-c" else 2,
+        nprocs=nprocs,
     )
     try:
         wait_for(lambda: done_blocks() >= 2, 120, "two blocks")
@@ -359,7 +379,11 @@ def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how):
     finally:
         stop_group(process)
     assert process.returncode != 0
-    assert "Interrupted" in stderr and "Traceback" not in stderr, stderr
+    # A short GRASS message, as from any module; with nprocs=2 the worker
+    # processes got the Ctrl-C too (the terminal's process group).
+    assert "ERROR: Interrupted" in stderr, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert own_messages(stderr).strip().splitlines()[-1] == "ERROR: Interrupted"
     assert "run the same command again" in " ".join(stderr.split())
     assert (read_map("out") == 7).all()
     assert gs.list_strings("raster", pattern="outp*", mapset=".") == []
@@ -370,32 +394,110 @@ def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how):
 
 
 def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
+    """A failure after the first blocks are written leaves no trace.
+
+    The band's file is cut short: the blocks of the northern half read no
+    lost row and are written (in one process, in order: blocks 0-3 before
+    any of 4-7), then a block of the south fails. GRASS ends the process
+    from C there (nprocs=1) or kills its workers (nprocs=2).
+    """
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=128, cols=64)
     gs.mapcalc("broken = s_b1", quiet=True)
     fcell = location_path() / mapset / "fcell" / "broken"
     data = fcell.read_bytes()
     fcell.write_bytes(data[: len(data) * 3 // 4])  # the southern rows are lost
+    gs.mapcalc("kept = 7", quiet=True)
+    earlier = job_mapsets()  # of other tests' interrupted runs, if any
     for options in ({}, {"nprocs": 2}):
         started = time.monotonic()
         result = run(
             "i.ann.classify",
+            "overwrite",
             input="broken," + bands[1],
             model=trained_bundle,
-            output="never",
+            output="kept",
+            probabilities="keptp",
             block_size=32,
             **options,
         )
         assert result.returncode != 0
+        assert "Traceback" not in result.stderr
         message = " ".join(result.stderr.split())
+        assert "raster data for row" in message and "<broken>" in message
         # Blocks of the northern half read no lost row; one of the south fails.
         assert re.search(
             r"block [4-7] \(rows (65|97)-(96|128), columns", message
         ), result.stderr
+        if not options:
+            # Half of the tile rows were done, and written, before it failed.
+            assert 0 <= result.stderr.find("50%") < result.stderr.find("ERROR")
         assert time.monotonic() - started < 120
-        assert not raster_exists("never")
-    for mapset_path in job_mapsets():
-        subprocess.run(["rm", "-rf", str(mapset_path)], check=True)
+        assert (read_map("kept") == 7).all()  # the existing map is untouched
+        assert gs.list_strings("raster", pattern="keptp*", mapset=".") == []
+        assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+        assert job_mapsets() == earlier  # the written blocks went with the failure
+        assert not (location_path() / mapset / "i.ann_jobs").exists()
+
+
+def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_path):
+    """Blocks of an interrupted run are reused only for the very same job.
+
+    The bundle's folder gets another network of the same architecture (the
+    classes' outputs swapped), with the size and modification time of the
+    old model.keras, as a copy keeping times (cp -p, rsync) gives: the
+    rerun must not reuse a block of the old network, and removes them.
+    """
+    import keras
+
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=100, cols=100)
+    bundle = tmp_path / "model"
+    shutil.copytree(trained_bundle, bundle)
+    options = dict(
+        input=",".join(bands),
+        model=bundle,
+        output="resumed",
+        block_size=25,
+        engine="keras",
+    )
+    run_ok("i.ann.classify", "t", **dict(options, output="first"))
+    process = start("i.ann.classify", "t", **options)
+    try:
+        wait_for(lambda: done_blocks() >= 2, 120, "two blocks")
+        os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        stop_group(process)
+    assert 2 <= done_blocks() < 16
+    old_mapsets = job_mapsets()
+    model = bundle / "model.keras"
+    stamp = model.stat()
+    # New weights in the old archive (same members, same sizes).
+    with zipfile.ZipFile(model) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    network = keras.saving.load_model(model)
+    head = network.get_layer("head_conv")  # the fcn's 1 x 1 classifier
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel[..., [1, 0, 2]], bias[[1, 0, 2]]])  # 11 <-> 21
+    network.save(tmp_path / "swapped.keras")
+    with zipfile.ZipFile(tmp_path / "swapped.keras") as archive:
+        members["model.weights.h5"] = archive.read("model.weights.h5")
+    with zipfile.ZipFile(model, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    assert model.stat().st_size == stamp.st_size
+    os.utime(model, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    result = run_ok("i.ann.classify", "t", "verbose", **options)
+    message = " ".join(result.stderr.split())
+    assert "already classified" not in message
+    assert "blocks of an unfinished earlier run for <resumed> were removed" in message
+    assert not any(m.exists() for m in old_mapsets) and job_mapsets() == []
+    first = read_map("first", null=-1, dtype=np.int32)
+    assert (first != -1).sum() > 0 and {11, 21} <= set(np.unique(first).tolist())
+    swapped = np.select([first == 11, first == 21], [21, 11], first)
+    resumed = read_map("resumed", null=-1, dtype=np.int32)
+    assert (resumed == swapped).mean() > 0.99, (resumed == swapped).mean()
 
 
 def test_bad_job_options(mapset, trained_bundle):
@@ -474,9 +576,10 @@ def test_library_pipeline_from_arrays_equals_grass(mapset, trained_bundle):
     sink = ArraySink(45, 70, 3, uncertainty=True)
     for block in block_grid(45, 70, 32, metadata["margin"]):
         classify_block(engine, settings, ArraySource(stack), sink, block, 16)
+    module = read_map("module", null=-1, dtype=np.int32)
+    assert_classified(module)
     np.testing.assert_array_equal(
-        np.where(sink.classes == np.iinfo(np.int32).min, -1, sink.classes),
-        read_map("module", null=-1, dtype=np.int32),
+        np.where(sink.classes == np.iinfo(np.int32).min, -1, sink.classes), module
     )
     np.testing.assert_allclose(sink.uncertainty, read_map("module_u"), atol=1e-5)
 

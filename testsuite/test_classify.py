@@ -1,6 +1,9 @@
 """i.ann.classify: tiled prediction, map metadata, accuracy report, bad input."""
 
 import json
+import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,19 @@ from conftest import (
     run,
     run_ok,
 )
+
+
+def location_path():
+    env = gs.gisenv()
+    return Path(env["GISDBASE"]) / env["LOCATION_NAME"]
+
+
+def assert_classified(classes, null=-1):
+    """A class map with data, in more than one class (not all NULL)."""
+    assert (classes != null).sum() > 0, "the map is all NULL"
+    assert len(set(np.unique(classes[classes != null]).tolist())) >= 2, np.unique(
+        classes
+    )
 
 
 def test_classified_map_and_report(mapset, tmp_path, trained_bundle):
@@ -44,6 +60,7 @@ def test_classified_map_and_report(mapset, tmp_path, trained_bundle):
     predicted = read_map("classes", null=-1, dtype=np.int32)
     truth = read_map(reference, null=-1, dtype=np.int32)
     assert set(np.unique(predicted)) <= {-1, 11, 21, 31}
+    assert_classified(predicted)
     # NULL in any band gives NULL output, and nowhere else.
     assert (predicted[4, :9] == -1).all()
     assert (predicted[predicted != -1] > 0).all()
@@ -56,7 +73,11 @@ def test_classified_map_and_report(mapset, tmp_path, trained_bundle):
         report["overall_accuracy"], accuracy_score(truth[keep], predicted[keep])
     )
     assert np.isclose(report["kappa"], cohen_kappa_score(truth[keep], predicted[keep]))
-    assert report["overall_accuracy"] > report["majority_share"]
+    # The floor is the share of the reference's most frequent class (what
+    # mapping everything as that class scores), counted here.
+    majority = np.bincount(truth[keep]).max() / keep.sum()
+    assert report["majority_share"] == pytest.approx(majority)
+    assert report["overall_accuracy"] > majority + 0.3
     assert [c["label"] for c in report["classes"]] == ["water", "forest", "urban"]
     assert "Overall accuracy" in result.stdout and "Cohen's kappa" in result.stdout
 
@@ -77,6 +98,7 @@ def test_tiled_equals_whole(mapset, request, architecture):
         probabilities="whole_p",
     )
     whole = read_map("whole", null=-1, dtype=np.int32)
+    assert_classified(whole)
     # Tiles several times narrower than the region, odd region sizes, blocks
     # that are no multiple of the tiles; for the U-Net tiles and blocks keep
     # to its 4-cell pooling grid.
@@ -129,24 +151,28 @@ def test_bad_input_leaves_no_map(mapset, tmp_path, trained_bundle):
     bands, _ = make_synthetic()
     assert_fails(
         run("i.ann.classify", input=bands[0], model=trained_bundle, output="out"),
-        "2 bands",
-        str(trained_bundle),
+        "Model <{}> was trained on 2 bands".format(trained_bundle),
+        "1 were given",
     )
     assert_fails(
         run("i.ann.classify", input=",".join(bands), model=tmp_path, output="out"),
-        str(tmp_path),
-        "not a model bundle",
+        "<{}> is not a model bundle written by i.ann.train".format(tmp_path),
     )
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "metadata.json").write_text(
-        (trained_bundle / "metadata.json").read_text()
-    )
-    (broken / "model.keras").write_text("not a model")
-    assert_fails(
-        run("i.ann.classify", input=",".join(bands), model=broken, output="out"),
-        str(broken),
-    )
+    # A model.keras that is no zip, and one cut short (an interrupted copy):
+    # both named as damaged, not "File not found" (Keras's words for both).
+    for name, damage in (
+        ("text", lambda data: b"not a model"),
+        ("truncated", lambda data: data[: len(data) // 2]),
+    ):
+        broken = tmp_path / name
+        shutil.copytree(trained_bundle, broken)
+        model = broken / "model.keras"
+        model.write_bytes(damage(model.read_bytes()))
+        result = run(
+            "i.ann.classify", input=",".join(bands), model=broken, output="out"
+        )
+        assert_fails(result, "Model file <{}> is damaged or truncated".format(model))
+        assert "File not found" not in result.stderr
     assert_fails(
         run(
             "i.ann.classify",
@@ -154,7 +180,7 @@ def test_bad_input_leaves_no_map(mapset, tmp_path, trained_bundle):
             model=trained_bundle,
             output="out",
         ),
-        "nomap",
+        "Raster map <nomap> not found",
     )
     gs.mapcalc("nothing = null()", quiet=True)
     assert_fails(
@@ -164,7 +190,9 @@ def test_bad_input_leaves_no_map(mapset, tmp_path, trained_bundle):
             model=trained_bundle,
             output="out",
         ),
-        "No cell",
+        "No cell of the region has data in all bands <nothing@{m},nothing@{m}>".format(
+            m=mapset
+        ),
     )
     assert not raster_exists("out")
     assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
@@ -219,13 +247,26 @@ def test_probabilities_and_uncertainty(mapset, trained_bundle):
 def test_dihedral_transforms_are_undone():
     from iann.augmentation import dihedral, undo_dihedral
 
-    a = np.arange(5 * 7 * 3).reshape(5, 7, 3)
+    a = np.arange(5 * 7 * 3).reshape(5, 7, 3)  # rows, cols, bands: not square
+
+    def key(x):
+        return x.shape, x.tobytes()
+
+    # The 8 symmetries of a rectangle's grid, by index arithmetic: flips of
+    # rows and columns, with or without swapping rows and columns.
+    t = a.transpose(1, 0, 2)
+    symmetries = {key(np.ascontiguousarray(x)) for x in (a, t)}
+    symmetries |= {key(np.ascontiguousarray(x[::-1])) for x in (a, t)} | {
+        key(np.ascontiguousarray(x[:, ::-1])) for x in (a, t)
+    }
+    symmetries |= {key(np.ascontiguousarray(x[::-1, ::-1])) for x in (a, t)}
+    assert len(symmetries) == 8
     seen = set()
     for k in range(8):
         turned = dihedral(a, k)
         np.testing.assert_array_equal(undo_dihedral(turned, k), a)
-        seen.add(turned.tobytes() + bytes(turned.shape))
-    assert len(seen) == 8  # eight different views of a non-square array
+        seen.add(key(np.ascontiguousarray(turned)))
+    assert seen == symmetries  # eight different views, all of them
 
 
 def test_test_time_augmentation_commutes_with_rotation(mapset, trained_bundle):
@@ -264,6 +305,15 @@ def test_test_time_augmentation_commutes_with_rotation(mapset, trained_bundle):
 
     tta, tta_rot = probabilities("tta"), probabilities("tta_rot")
     np.testing.assert_allclose(tta_rot, np.rot90(tta, axes=(1, 2)), atol=1e-5)
+    # The class maps too, but where two classes tie within rounding.
+    classes = read_map("tta", null=-1, dtype=np.int32)
+    assert_classified(classes)
+    top = np.sort(tta, axis=0)
+    clear = np.rot90(top[-1] - top[-2] > 1e-4)
+    np.testing.assert_array_equal(
+        read_map("tta_rot", null=-1, dtype=np.int32)[clear], np.rot90(classes)[clear]
+    )
+    assert clear.mean() > 0.95
     plain, plain_rot = probabilities("plain"), probabilities("plain_rot")
     assert np.abs(plain_rot - np.rot90(plain, axes=(1, 2))).max() > 1e-3
     assert np.abs(tta - plain).max() > 1e-3
@@ -282,6 +332,7 @@ def test_segments_take_the_class_of_highest_mean_probability(mapset, trained_bun
     )
     segs = read_map("segs", dtype=np.int32)
     obj = read_map("obj", null=-1, dtype=np.int32)
+    assert_classified(obj)
     probs = np.stack([read_map("sp_{}".format(v)) for v in (11, 21, 31)], -1)
     for seg in np.unique(segs)[::7]:
         cells = segs == seg
@@ -306,9 +357,10 @@ def test_normalize_image_transfers_to_rescaled_bands(mapset, trained_bundle):
     run_ok(
         "i.ann.classify", input="scaled1,scaled2", model=trained_bundle, output="naive"
     )
-    orig = read_map("orig", dtype=np.int32)
-    assert (read_map("transfer", dtype=np.int32) == orig).mean() > 0.95
-    assert (read_map("naive", dtype=np.int32) == orig).mean() < 0.8
+    orig = read_map("orig", null=-1, dtype=np.int32)
+    assert_classified(orig)
+    assert (read_map("transfer", null=-1, dtype=np.int32) == orig).mean() > 0.95
+    assert (read_map("naive", null=-1, dtype=np.int32) == orig).mean() < 0.8
 
 
 def test_assess_existing_map_and_plot(mapset, tmp_path, trained_bundle):
@@ -362,24 +414,44 @@ def test_small_memory_gives_the_same_map(mapset, trained_bundle):
     # 400 columns x 4 bytes x ((64 + 2 x 25 margin) rows x 2 bands + 64
     # rows x 1 output): 934 kB fit in 1 MB; tiles of 128 cells need 1.55 MB.
     assert "Tiles of 64 cells" in result.stderr
+    assert_classified(read_map("big", null=-1, dtype=np.int32))
     np.testing.assert_array_equal(read_map("big"), read_map("small"))
 
 
-def test_failure_restores_region_and_leaves_nothing(mapset, trained_bundle):
+def test_failure_after_the_blocks_leaves_nothing(mapset, trained_bundle):
+    """A failure once every block is written and merged leaves no trace.
+
+    The segment map is damaged (its file cut short): it is read only after
+    all blocks are classified and merged into temporary maps, and GRASS
+    ends the process from C there, where no Python cleanup runs.
+    """
     bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=64, cols=64)
+    gs.mapcalc("segs = int((row() - 1) / 6) * 100 + int((col() - 1) / 5)", quiet=True)
+    cell = location_path() / mapset / "cell" / "segs"
+    cell.write_bytes(cell.read_bytes()[: cell.stat().st_size * 3 // 4])
+    gs.mapcalc("never = 7", quiet=True)
     before = gs.region()
     result = run(
         "i.ann.classify",
+        "overwrite",
         input=",".join(bands),
         model=trained_bundle,
         output="never",
         probabilities="neverp",
-        segments="nosegments",
+        segments="segs",
     )
-    assert_fails(result, "nosegments")
+    assert_fails(result, "raster data for row", "<segs>")
+    # The failure came after the blocks: progress had reached 100%.
+    assert 0 <= result.stderr.find("100%") < result.stderr.find("ERROR")
     assert gs.region() == before
-    assert gs.list_strings("raster", pattern="never*", mapset=".") == []
+    assert (read_map("never") == 7).all()  # the existing map is untouched
+    assert gs.list_strings("raster", pattern="neverp*", mapset=".") == []
     assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+    assert [
+        p.name for p in location_path().iterdir() if p.name.startswith("iann_")
+    ] == []
+    assert not (location_path() / mapset / "i.ann_jobs").exists()
 
 
 def test_group_input_equals_map_list(mapset, trained_bundle):
@@ -389,6 +461,7 @@ def test_group_input_equals_map_list(mapset, trained_bundle):
     run_ok(
         "i.ann.classify", input=",".join(bands), model=trained_bundle, output="by_list"
     )
+    assert_classified(read_map("by_list", null=-1, dtype=np.int32))
     np.testing.assert_array_equal(read_map("by_group"), read_map("by_list"))
     assert_fails(
         run("i.ann.classify", group="nogroup", model=trained_bundle, output="x"),
@@ -425,3 +498,153 @@ def test_fcn_prediction_form_gives_the_same_probabilities(trained_bundle, unet_b
         np.asarray(other.predict_on_batch(tile[..., :2].astype("f4"))),
         atol=1e-5,
     )
+
+
+def test_mask_makes_null_cells_and_is_kept(mapset, trained_bundle):
+    """Under a MASK the bands read as NULL, as for any GRASS module.
+
+    The oracle: the same bands set NULL outside the mask by r.mapcalc,
+    classified without a MASK. The MASK is still there afterwards.
+    """
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=40, cols=50)
+    gs.mapcalc(
+        "inside = if((row() - 20) ^ 2 + (col() - 25) ^ 2 < 300, 1, null())",
+        quiet=True,
+    )
+    for band in bands:
+        gs.mapcalc("{0}_m = if(isnull(inside), null(), {0})".format(band), quiet=True)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(b + "_m" for b in bands),
+        model=trained_bundle,
+        output="oracle",
+        probabilities="oracle_p",
+    )
+    gs.run_command("r.mask", raster="inside", quiet=True)
+    mask_before = read_map("MASK", null=-1, dtype=np.int32)
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="masked",
+        probabilities="masked_p",
+    )
+    assert raster_exists("MASK")
+    np.testing.assert_array_equal(
+        read_map("MASK", null=-1, dtype=np.int32), mask_before
+    )
+    # Read without the MASK: the NULL cells are in the maps themselves.
+    gs.run_command("r.mask", flags="r", quiet=True)
+    inside = read_map("inside", null=0, dtype=np.int32) == 1
+    masked = read_map("masked", null=-1, dtype=np.int32)
+    assert_classified(masked)
+    assert (masked[~inside] == -1).all() and (masked[inside] != -1).all()
+    np.testing.assert_array_equal(masked, read_map("oracle", null=-1, dtype=np.int32))
+    np.testing.assert_allclose(
+        read_map("masked_p_21", null=np.nan),
+        read_map("oracle_p_21", null=np.nan),
+        atol=1e-5,
+    )
+
+
+def test_band_order_and_resolution_warnings(mapset, trained_bundle):
+    """Warnings for bands in another order and cells unlike the training's."""
+    bands, _ = make_synthetic()
+    common = dict(model=trained_bundle)
+    gs.run_command("g.region", n=600, s=0, w=0, e=600, res=30)
+    swapped = run_ok(
+        "i.ann.classify", input=",".join(bands[::-1]), output="swapped", **common
+    )
+    message = " ".join(swapped.stderr.split())
+    assert "The bands <s_b2,s_b1> are those the model was trained on in another" in (
+        message
+    )
+    assert "(<s_b1,s_b2>)" in message
+    assert "times smaller" not in message and "times larger" not in message
+    # The bundle was trained on 30 m cells; 10 m cells are 3 times smaller.
+    gs.run_command("g.region", res=10)
+    finer = run_ok("i.ann.classify", input=",".join(bands), output="finer", **common)
+    message = " ".join(finer.stderr.split())
+    assert (
+        "The region's cells (10 m) are 3.0 times smaller than those model <{}> was "
+        "trained on (30 m)".format(trained_bundle) in message
+    )
+    assert "another order" not in message
+    # Within the factor of 1.5 the manual states: no warning at all.
+    gs.run_command("g.region", res=40)
+    close = run_ok("i.ann.classify", input=",".join(bands), output="close", **common)
+    assert "WARNING" not in close.stderr, close.stderr
+
+
+def test_cell_sizes_in_metres_for_any_units():
+    """Latitude-longitude cells are measured in metres, not taken as metres."""
+    from iann.bundle import cell_size_metres, training_cell_size, units_of_wkt
+
+    def haversine(lat1, lon1, lat2, lon2, radius=6371008.8):
+        p1, p2 = math.radians(lat1), math.radians(lat2)
+        a = (
+            math.sin((p2 - p1) / 2) ** 2
+            + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+        )
+        return 2 * radius * math.asin(math.sqrt(a))
+
+    # A cell of 0.0002 x 0.0004 degrees at 60 N: both sides about 22 m.
+    ns = haversine(60, 10, 60.0002, 10)
+    ew = haversine(60, 10, 60, 10.0004)
+    expected = math.sqrt(ns * ew)
+    assert cell_size_metres(0.0002, 0.0004, "degrees", 60) == pytest.approx(
+        expected, rel=1e-3
+    )
+    metadata = {
+        "dataset": {
+            "region": {
+                "projection": 3,
+                "n": 60.5,
+                "s": 59.5,
+                "nsres": 0.0002,
+                "ewres": 0.0004,
+            },
+            "projection": 'GEOGCRS["WGS 84",ANGLEUNIT["degree",0.0174532925199433]]',
+        }
+    }
+    assert training_cell_size(metadata) == pytest.approx(expected, rel=1e-3)
+    # Feet: the CRS's own length unit, not that of its datum or parameters.
+    feet = (
+        'PROJCS["x",GEOGCS["g",DATUM["d",SPHEROID["s",6378137,298]],'
+        'UNIT["degree",0.0174532925199433]],PARAMETER["false_easting",0],'
+        'UNIT["US survey foot",0.3048006096012192],AXIS["X",EAST]]'
+    )
+    assert units_of_wkt(feet) == pytest.approx(0.3048006096012192)
+    assert cell_size_metres(10, 10, units_of_wkt(feet)) == pytest.approx(3.048006)
+
+
+def test_assess_map_without_categories(mapset, tmp_path):
+    """-e on a map made elsewhere, with no categories: the report is right."""
+    _, reference = make_synthetic()
+    gs.mapcalc("rule = if(s_b1 > 120, 11, 21)", quiet=True)
+    listed = gs.read_command("r.category", map="rule", separator="pipe").split()
+    assert listed == ["11|", "21|"]  # values without labels
+    result = run_ok(
+        "i.ann.classify",
+        "e",
+        classified="rule",
+        reference=reference,
+        report=tmp_path / "rule.json",
+    )
+    assert "Overall accuracy" in result.stdout
+    report = json.loads((tmp_path / "rule.json").read_text())
+    truth = read_map(reference, null=-1, dtype=np.int32)
+    mapped = read_map("rule", null=-1, dtype=np.int32)
+    keep = (truth != -1) & (mapped != -1)
+    assert report["cells"] == keep.sum() > 0
+    assert report["overall_accuracy"] == pytest.approx(
+        accuracy_score(truth[keep], mapped[keep])
+    )
+    assert report["kappa"] == pytest.approx(
+        cohen_kappa_score(truth[keep], mapped[keep])
+    )
+    assert [c["value"] for c in report["classes"]] == [11, 21, 31]
+    urban = [c for c in report["classes"] if c["value"] == 31][0]
+    assert urban["support"] == (truth[keep] == 31).sum() > 0
+    assert urban["recall"] == 0  # never mapped as 31

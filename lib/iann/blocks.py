@@ -84,7 +84,13 @@ def peak_resident_memory():
 
 _ONE_BLOCK_AT_A_TIME = threading.Lock()
 # This process's GRASS set-up and loaded engine, kept between blocks.
-_PROCESS = {"grass": False, "engine": None, "engine_key": None, "loads": 0}
+_PROCESS = {
+    "grass": False,
+    "engine": None,
+    "engine_key": None,
+    "loads": 0,
+    "on_fatal": [],
+}
 
 
 def worker_name():
@@ -270,7 +276,13 @@ def describe(job, block):
 
 
 def name_block_on_fatal_error():
-    """GRASS ends the process on a fatal error: say in which block first."""
+    """GRASS ends the process on a fatal error: say in which block first.
+
+    A GRASS fatal error (G_fatal_error: a map that cannot be read or
+    written, a full disk) ends the process from C: no Python exception,
+    no `finally`, no atexit. The callbacks given to `on_grass_fatal` run
+    then instead, after the block is named.
+    """
     if _PROCESS.get("handler"):
         return
     from grass.lib import gis as libgis
@@ -280,10 +292,27 @@ def name_block_on_fatal_error():
             os.write(
                 2, "ERROR: while classifying {}\n".format(_PROCESS["block"]).encode()
             )
+        for pid, callback in reversed(_PROCESS["on_fatal"]):
+            if pid != os.getpid():
+                continue  # registered by the parent of a forked process
+            try:
+                callback()
+            except BaseException:  # noqa: BLE001 - the process ends anyway
+                pass
 
     # Kept in _PROCESS: the C library holds the callback for the process.
     _PROCESS["handler"] = libgis.G_add_error_handler.argtypes[0](handler)
     libgis.G_add_error_handler(_PROCESS["handler"], None)
+
+
+def on_grass_fatal(callback):
+    """Run `callback()` if a GRASS fatal error ends this process."""
+    name_block_on_fatal_error()
+    _PROCESS["on_fatal"].append((os.getpid(), callback))
+
+
+def forget_grass_fatal(callback):
+    _PROCESS["on_fatal"][:] = [c for c in _PROCESS["on_fatal"] if c[1] is not callback]
 
 
 def run_block(job, block, progress=None):

@@ -6,9 +6,14 @@
   dataset's provenance.
 """
 
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import zipfile
+import zlib
 
 from . import BUNDLE_FORMAT
 from .errors import IannError
@@ -78,6 +83,108 @@ def read_bundle_metadata(folder):
     return metadata
 
 
+def check_model_file(folder):
+    """A clear error when the bundle's model.keras is damaged or truncated.
+
+    model.keras is a zip archive: a truncated copy has no central
+    directory, a damaged one fails the checksum of a member. Keras itself
+    reports both as "File not found".
+    """
+    path = os.path.join(folder, MODEL_FILE)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error) as error:
+        problem = str(error)
+    except OSError as error:
+        raise IannError(
+            _("Model file <{}> cannot be read: {}").format(path, error.strerror)
+        )
+    else:
+        problem = None
+        if damaged is not None:
+            problem = _("{} fails its checksum").format(damaged)
+        elif "config.json" not in names:
+            problem = _("no config.json in it")
+    if problem:
+        raise IannError(
+            _(
+                "Model file <{}> is damaged or truncated ({}); copy the bundle "
+                "again or train it again"
+            ).format(path, problem)
+        )
+
+
+def sha256_of(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def bundle_identity(folder, files=(METADATA, MODEL_FILE)):
+    """SHA-256 of the bundle's files that make its maps: its content, not its name."""
+    return {
+        name: sha256_of(os.path.join(folder, name))
+        for name in files
+        if os.path.isfile(os.path.join(folder, name))
+    }
+
+
+# A region whose cells differ from the training data's by more than this
+# factor (either way) gets a warning; the i.ann.classify manual says so.
+RESOLUTION_FACTOR = 1.5
+# Metres in a degree of latitude (mean Earth radius 6371.0088 km).
+METRES_PER_DEGREE = 2 * math.pi * 6371008.8 / 360
+
+
+def units_of_wkt(wkt):
+    """Metres per map unit of a projection (WKT), "degrees", or None."""
+    if not wkt:
+        return None
+    kind = wkt.lstrip().split("[", 1)[0].strip().upper()
+    if kind in ("GEOGCS", "GEOGCRS", "GEODCRS", "GEOGRAPHICCRS"):
+        return "degrees"
+    # The CRS's own (axis) unit is the last length unit of WKT1 and WKT2.
+    # (UNIT of WKT1, LENGTHUNIT of WKT2; not ANGLEUNIT or SCALEUNIT).
+    unit = r'(?<![A-Z])(?:LENGTHUNIT|UNIT)\[\s*"[^"]*"\s*,\s*([-+0-9.eE]+)'
+    factors = re.findall(unit, wkt)
+    return float(factors[-1]) if factors else None
+
+
+def cell_size_metres(nsres, ewres, units, latitude=0.0):
+    """Side in metres of a square of a cell's area, for map units `units`.
+
+    `units`: metres per map unit, or "degrees" (latitude-longitude: a
+    degree of longitude shrinks with the cosine of `latitude`).
+    """
+    if units == "degrees":
+        ns = nsres * METRES_PER_DEGREE
+        ew = ewres * METRES_PER_DEGREE * math.cos(math.radians(latitude))
+    else:
+        ns, ew = nsres * units, ewres * units
+    return math.sqrt(abs(ns * ew))
+
+
+def training_cell_size(metadata):
+    """Cell size in metres of the bundle's training data, or None if unknown."""
+    dataset = metadata.get("dataset") or {}
+    region = dataset.get("region") or {}
+    if "nsres" not in region or "ewres" not in region:
+        return None
+    if int(region.get("projection", -1)) == 3:
+        units = "degrees"
+    elif int(region.get("projection", -1)) == 0:
+        units = 1.0  # an unprojected (XY) project: no unit to convert
+    else:
+        units = units_of_wkt(dataset.get("projection"))
+    if units is None:
+        return None
+    latitude = (float(region["n"]) + float(region["s"])) / 2 if "n" in region else 0
+    return cell_size_metres(
+        float(region["nsres"]), float(region["ewres"]), units, latitude
+    )
+
+
 def load_bundle(folder, precision="float32"):
     """Metadata and Keras model of a bundle."""
     metadata = read_bundle_metadata(folder)
@@ -93,6 +200,7 @@ def load_model(folder, metadata, precision="float32"):
     """
     import keras
 
+    check_model_file(folder)
     custom = os.path.join(folder, CUSTOM_ARCHITECTURE)
     if os.path.isfile(custom):
         from .models import load_custom_builder

@@ -7,26 +7,47 @@ mapset of its worker. The blocks are then put together with r.buildvrt and
 written once, in the current mapset, under temporary names that are
 finished and renamed to the outputs (outputs.py).
 
-The job has an identity (a hash of everything that makes its maps): run
-the same command again after an interruption and the blocks already
-written are kept, only the missing ones are classified. The job's mapsets
-are removed once every block is done.
+The job has an identity (a hash of everything that makes its maps, the
+bundle's and the bands' content included): run the same command again
+after an interruption and the blocks already written are kept, only the
+missing ones are classified; a command for the same output that differs
+in anything is another job, and removes the earlier one's blocks. The
+job's mapsets are removed once every block is done, and when the job
+fails: only an interruption keeps them.
 """
 
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
 import tempfile
+import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 import grass.script as gs
 
-from .blocks import DONE_FOLDER, BlockJob, run_block
-from .bundle import read_bundle_metadata
+from .blocks import (
+    DONE_FOLDER,
+    BlockJob,
+    forget_grass_fatal,
+    on_grass_fatal,
+    run_block,
+)
+from .bundle import (
+    RESOLUTION_FACTOR,
+    bundle_identity,
+    cell_size_metres,
+    check_model_file,
+    read_bundle_metadata,
+    training_cell_size,
+)
 from .cluster import DaskCluster, cores_available
 from .reading import resampled_bands
 from .engines import choose_engine, usable_precision
@@ -115,6 +136,7 @@ def check_request(request, metadata):
                 len(bands),
             )
         )
+    check_band_order(bands, metadata)
     if request.segments:
         require_rasters([request.segments])
     values = [c["value"] for c in metadata["classes"]]
@@ -126,22 +148,113 @@ def check_request(request, metadata):
     return bands, outputs
 
 
+def check_band_order(bands, metadata):
+    """Warn when the bands are the model's, by name, in another order.
+
+    The network takes the bands by position: the model's first band is
+    whatever map comes first.
+    """
+    given = [name.split("@", 1)[0] for name in bands]
+    trained = [b["name"].split("@", 1)[0] for b in metadata["bands"]]
+    if given != trained and sorted(given) == sorted(trained):
+        gs.warning(
+            _(
+                "The bands <{}> are those the model was trained on in another "
+                "order (<{}>): the network takes them by position; give them in "
+                "the model's order unless they are other images of the same names"
+            ).format(",".join(given), ",".join(trained))
+        )
+
+
+def region_cell_size(region):
+    """Cell size in metres of the region (see bundle.cell_size_metres)."""
+    if gs.locn_is_latlong():
+        units = "degrees"
+    else:
+        units = float(gs.parse_command("g.proj", flags="g").get("meters", 1.0))
+    return cell_size_metres(
+        region["nsres"], region["ewres"], units, (region["n"] + region["s"]) / 2
+    )
+
+
+def check_resolution(metadata, region, bundle):
+    """Warn when the region's cells are much larger or smaller than in training.
+
+    The network learnt objects at the scale of its training cells: a
+    region of 2 m cells for a model trained at 28.5 m is classified
+    without error, and badly. Cell sizes are compared in metres, so that
+    a latitude-longitude project is measured as such.
+    """
+    trained = training_cell_size(metadata)
+    if not trained:
+        return
+    here = region_cell_size(region)
+    factor = max(here / trained, trained / here)
+    if factor > RESOLUTION_FACTOR:
+        gs.warning(
+            _(
+                "The region's cells ({:.3g} m) are {:.1f} times {} than those model "
+                "<{}> was trained on ({:.3g} m): the network sees objects at "
+                "another scale than it learnt; set the region's resolution near "
+                "the training one (g.region res=) or train at this one"
+            ).format(
+                here,
+                factor,
+                _("smaller") if here < trained else _("larger"),
+                bundle,
+                trained,
+            )
+        )
+
+
+def raster_stamp(fullname):
+    """Size and modification time of a raster map's files: its content, cheaply.
+
+    A map written again under the same name (r.mapcalc --overwrite,
+    r.mask) gets files of another time.
+    """
+    if not fullname:
+        return None
+    name, mapset = fullname.split("@", 1)
+    env = gs.gisenv()
+    folder = os.path.join(env["GISDBASE"], env["LOCATION_NAME"], mapset)
+    paths = [os.path.join(e, name) for e in ("cellhd", "cell", "fcell")]
+    misc = os.path.join("cell_misc", name)
+    if os.path.isdir(os.path.join(folder, misc)):
+        paths += [
+            os.path.join(misc, f)
+            for f in sorted(os.listdir(os.path.join(folder, misc)))
+        ]
+    stamp = []
+    for path in paths:
+        try:
+            info = os.stat(os.path.join(folder, path))
+        except OSError:
+            continue
+        stamp.append((path, info.st_size, info.st_mtime_ns))
+    return stamp
+
+
 def job_identity(request, region, bands, mask, settings, engine, block_size):
-    """A hash of everything that makes the job's maps (resume key)."""
-    model = os.path.join(request.bundle, "model.keras")
-    onnx = os.path.join(request.bundle, "model.onnx")
-    stamp = [
-        (os.path.getmtime(p), os.path.getsize(p)) if os.path.exists(p) else None
-        for p in (model, onnx)
-    ]
+    """A hash of everything that makes the job's maps (resume key).
+
+    The region, the bands and the MASK (names and files), the bundle (the
+    SHA-256 of metadata.json, model.keras and, when it runs, model.onnx:
+    another bundle copied to the same folder is another job) and the
+    settings. A rerun with any of them changed is a new job.
+    """
+    files = ["metadata.json", "model.keras"]
+    if engine != "keras":
+        files.append("model.onnx")
     key = {
         "region": {k: region[k] for k in ("n", "s", "e", "w", "nsres", "ewres")},
-        "bands": bands,
-        "mask": mask,
+        "bands": [(name, raster_stamp(name)) for name in bands],
+        "mask": (mask, raster_stamp(mask)),
         "bundle": os.path.abspath(request.bundle),
-        "files": stamp,
+        "bundle_files": bundle_identity(request.bundle, files),
         "mean": settings.mean.tolist(),
         "std": settings.std.tolist(),
+        "values": list(settings.values),
         "augment": settings.augment,
         "probabilities": settings.probabilities,
         "uncertainty": settings.uncertainty,
@@ -164,6 +277,7 @@ def current_mask():
 def plan(request, temporary_maps):
     """Check the request and cut the region into the job's blocks."""
     metadata = read_bundle_metadata(request.bundle)
+    check_model_file(request.bundle)
     bands, outputs = check_request(request, metadata)
     request.precision, problem = usable_precision(request.precision, request.gpu)
     if problem:
@@ -183,6 +297,7 @@ def plan(request, temporary_maps):
     # hold this one: every map is named with its mapset.
     readable = [gs.find_file(name, element="cell")["fullname"] for name in readable]
     region = gs.region()
+    check_resolution(metadata, region, request.bundle)
     margin = int(metadata["margin"])
     multiple = int(metadata.get("size_multiple", 1))
     block_size = block_size_for(request.block_size, multiple, margin)
@@ -308,6 +423,27 @@ def run_in_process(plan, todo):
     return results
 
 
+@contextmanager
+def workers_ignore_interrupts():
+    """Processes started inside ignore Ctrl-C (SIGINT); this one keeps it.
+
+    A terminal sends Ctrl-C to the whole process group: the worker
+    processes of a LocalCluster would each print a KeyboardInterrupt
+    traceback. Started while SIGINT is ignored, they inherit that (across
+    exec, and Python then leaves it so), and end when this process, which
+    handles the interrupt, closes the cluster. A Ctrl-C during these few
+    seconds of start-up is lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_on_dask(plan, todo, request):
     """Classify the blocks on a Dask LocalCluster or an existing cluster."""
     workers = workers_for(request.nprocs, len(todo))
@@ -319,7 +455,11 @@ def run_on_dask(plan, todo, request):
         )
     threads = max(1, cores_available() // workers)
     results = []
-    with DaskCluster(workers, request.scheduler, threads) as cluster:
+    with ExitStack() as stack:
+        with workers_ignore_interrupts():
+            cluster = stack.enter_context(
+                DaskCluster(workers, request.scheduler, threads)
+            )
         job = replace(plan.job, threads=cluster.threads_per_worker())
         plan.job = job
         cluster.check_workers(job)
@@ -403,6 +543,7 @@ def classify(request, temporary_maps):
             job.settings.margin,
         )
     )
+    start_job_record(job, request.output)
     done = finished_blocks(job)
     if done:
         gs.verbose(
@@ -413,19 +554,32 @@ def classify(request, temporary_maps):
     todo = [b for b in plan_.blocks if b.index not in done]
     distributed = request.scheduler or request.nprocs > 1
     results = []
+
+    def on_fatal():
+        # A GRASS fatal error in this process (a block read here, the
+        # merge, the segments) ends it from C: clean up as on any failure.
+        remove_maps(temporary_maps)
+        end_job(job, request.output)
+
+    on_grass_fatal(on_fatal)
     try:
         if todo and distributed:
             results = run_on_dask(plan_, todo, request)
         elif todo:
             results = run_in_process(plan_, todo)
-    except BaseException:
+        done.update({r.index: r.mapset for r in results})
+        result = finish_job(plan_, request, done, temporary_maps)
+    except KeyboardInterrupt:
+        # Ctrl-C, SIGTERM: the finished blocks are kept for a rerun.
         keep_for_resume(job, len(plan_.blocks))
         raise
-    done.update({r.index: r.mapset for r in results})
-    try:
-        result = finish_job(plan_, request, done, temporary_maps)
+    except BaseException:
+        # A failure: nothing of the job is left behind.
+        end_job(job, request.output)
+        raise
     finally:
-        remove_job_mapsets(job)
+        forget_grass_fatal(on_fatal)
+    end_job(job, request.output)
     loads, peaks = {}, {}
     for r in results:
         key = (r.worker, r.pid)
@@ -454,6 +608,72 @@ def classify(request, temporary_maps):
             )
         )
     return result
+
+
+JOBS_FOLDER = "i.ann_jobs"
+
+
+def job_record(output):
+    """The file of the current mapset that names the job of an output map."""
+    env = gs.gisenv()
+    return os.path.join(
+        env["GISDBASE"], env["LOCATION_NAME"], env["MAPSET"], JOBS_FOLDER, output
+    )
+
+
+def start_job_record(job, output):
+    """Record the job of `output`; remove an earlier unfinished job of it.
+
+    The same command run again after an interruption resumes its job; a
+    command for the same output with other bands, region, MASK, bundle or
+    settings is another job, whose blocks the earlier job's cannot be:
+    they are removed, and the new job starts afresh.
+    """
+    path = job_record(output)
+    try:
+        with open(path) as f:
+            earlier = f.read().strip()
+    except OSError:
+        earlier = None
+    if earlier and earlier != job.id and re.fullmatch("[0-9a-f]{12}", earlier):
+        stale = replace(job, id=earlier)
+        if job_mapsets(stale):
+            remove_job_mapsets(stale)
+            gs.message(
+                _(
+                    "The blocks of an unfinished earlier run for <{}> were removed: "
+                    "its bands, region, MASK, model or settings were other than "
+                    "these; classifying afresh"
+                ).format(output)
+            )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(job.id)
+
+
+def end_job(job, output):
+    """Remove the job's mapsets and its record (finished or failed)."""
+    remove_job_mapsets(job)
+    path = job_record(output)
+    try:
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass
+
+
+def remove_maps(names):
+    """Remove raster maps of the current mapset (temporary ones), quietly."""
+    for name in [n for n in names if n]:
+        gs.run_command(
+            "g.remove",
+            type="raster",
+            name=name,
+            flags="f",
+            quiet=True,
+            errors="ignore",
+            stderr=subprocess.DEVNULL,
+        )
 
 
 def keep_for_resume(job, n_blocks):
