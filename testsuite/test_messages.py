@@ -42,19 +42,27 @@ def bad_calls(tmp_path, bundle, patches):
         (
             "i.ann.patches",
             dict(input="nosuchmap", reference="s_ref", output=tmp_path / "a"),
+            "Raster map <nosuchmap> not found",
         ),
         (
             "i.ann.patches",
             dict(input="s_b1", reference="nosuchref", output=tmp_path / "a"),
+            "Raster map <nosuchref> not found",
         ),
-        ("i.ann.patches", dict(input="s_b1", reference="s_b1", output=tmp_path / "a")),
+        (
+            "i.ann.patches",
+            dict(input="s_b1", reference="s_b1", output=tmp_path / "a"),
+            "is not an integer map (type FCELL)",
+        ),
         (
             "i.ann.patches",
             dict(input="s_b1", reference="s_ref", output="/no/such/dir/x"),
+            "folder </no/such/dir> does not exist",
         ),
         (
             "i.ann.patches",
             dict(input="s_b1", reference="s_ref", output=tmp_path / "a", size=100000),
+            "Value <100000> out of range for parameter <size>",
         ),
         (
             "i.ann.patches",
@@ -65,10 +73,12 @@ def bad_calls(tmp_path, bundle, patches):
                 stride=0,
                 sampling="grid",
             ),
+            "stride must be at least 1 cell, not 0",
         ),
         (
             "i.ann.patches",
             dict(group="nogroup", reference="s_ref", output=tmp_path / "a"),
+            "Imagery group <nogroup> not found",
         ),
         (
             "i.ann.train",
@@ -78,7 +88,7 @@ def bad_calls(tmp_path, bundle, patches):
         (
             "i.ann.train",
             dict(input=text_file, output=tmp_path / "m"),
-            "Dataset folder <{}> does not exist".format(text_file),
+            "Dataset <{}> is a file, not a folder".format(text_file),
         ),
         (
             "i.ann.train",
@@ -110,18 +120,37 @@ def bad_calls(tmp_path, bundle, patches):
             dict(input=patches, output=tmp_path / "m", architecture=text_file),
             "Cannot load architecture file <{}>".format(text_file),
         ),
-        ("i.ann.classify", dict(input="s_b1,s_b2", model=corrupt, output="x")),
+        (
+            "i.ann.classify",
+            dict(input="s_b1,s_b2", model=corrupt, output="x"),
+            "<{}> is not a model bundle written by i.ann.train".format(corrupt),
+        ),
         (
             "i.ann.classify",
             dict(input="s_b1,s_b2", model=tmp_path / "none", output="x"),
+            "Model bundle <{}> does not exist".format(tmp_path / "none"),
         ),
-        ("i.ann.classify", dict(input="s_b1", model=bundle, output="x")),
-        ("i.ann.classify", dict(input="s_b1,nosuch", model=bundle, output="x")),
+        (
+            "i.ann.classify",
+            dict(input="s_b1", model=bundle, output="x"),
+            "was trained on 2 bands",
+            "1 were given",
+        ),
+        (
+            "i.ann.classify",
+            dict(input="s_b1,nosuch", model=bundle, output="x"),
+            "Raster map <nosuch> not found",
+        ),
         (
             "i.ann.classify",
             dict(input="s_b1,s_b2", model=bundle, output="x", reference="s_b1"),
+            "is not an integer map (type FCELL)",
         ),
-        ("i.ann.classify", dict(input="s_b1,s_b2", model=bundle)),
+        (
+            "i.ann.classify",
+            dict(input="s_b1,s_b2", model=bundle),
+            "At least one of the following options is required: <output> and <-e>",
+        ),
         (
             "i.ann.classify",
             dict(
@@ -131,8 +160,13 @@ def bad_calls(tmp_path, bundle, patches):
                 report="/no/dir/r.json",
                 reference="s_ref",
             ),
+            "Report file </no/dir/r.json>: folder </no/dir> does not exist",
         ),
-        ("i.ann.classify", dict(flags="e", classified="nosuch", reference="s_ref")),
+        (
+            "i.ann.classify",
+            dict(flags="e", classified="nosuch", reference="s_ref"),
+            "Raster map <nosuch> not found",
+        ),
     ]
 
 
@@ -148,6 +182,7 @@ def test_bad_input_gives_a_message_not_a_traceback(
         assert result.returncode != 0, (module, options)
         assert "Traceback" not in result.stderr, result.stderr
         assert "ERROR" in result.stderr, (module, options, result.stderr)
+        assert expected, (module, options)  # each case names its own message
         # GRASS wraps long messages: compare with the line breaks taken out.
         message = " ".join(result.stderr.split())
         for fragment in expected:

@@ -7,6 +7,7 @@ the cells they must label are known independently of v.to.rast.
 
 import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -443,11 +444,11 @@ def test_area_estimates_in_a_latitude_longitude_project(grass_session, tmp_path)
     )
     script = (
         "g.region n=60.1 s=60 w=10 e=10.2 res=0.01 && "
-        'r.mapcalc "cls = if(col() <= 10, 1, 2)" && '
+        'r.mapcalc "cls = if(row() == 5 && col() == 5, 2, if(col() <= 10, 1, 2))" && '
         'r.mapcalc "ref = if(row() % 2, 1, 2)" && '
-        "i.ann.classify -e classified=cls reference=ref report={}".format(
-            tmp_path / "report.json"
-        )
+        "i.ann.classify -e classified=cls reference=ref report={} "
+        "vector=areas min_area=1000000 && "
+        "v.info -t areas".format(tmp_path / "report.json")
     )
     # The outer session's GISRC would point the new session at its mapset.
     env = {k: v for k, v in os.environ.items() if k != "GISRC"}
@@ -471,6 +472,13 @@ def test_area_estimates_in_a_latitude_longitude_project(grass_session, tmp_path)
 
     per_column = a * a * (1 - e2) * np.radians(0.01) / 2 * (q(60.1) - q(60.0))
     areas = {c["value"]: c["mapped_area"] for c in report["area_adjusted"]["classes"]}
-    assert areas[1] == pytest.approx(10 * per_column, rel=1e-6)
-    assert areas[2] == pytest.approx(10 * per_column, rel=1e-6)
+    # One cell (about 620,000 square metres here) of class 2 is an island in
+    # class 1.
+    cell = a * a * (1 - e2) * np.radians(0.01) / 2 * (q(60.06) - q(60.05))
+    assert areas[1] == pytest.approx(10 * per_column - cell, rel=1e-6)
+    assert areas[2] == pytest.approx(10 * per_column + cell, rel=1e-6)
+    # min_area is in square metres here too: the one-cell island (smaller
+    # than 1,000,000) goes, the two halves stay (in square degrees every
+    # area would have been below the threshold).
+    assert re.search(r"^areas=2$", result.stdout, re.MULTILINE), result.stdout
     assert areas[1] > 1e6  # square degrees would be 0.001

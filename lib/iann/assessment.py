@@ -68,7 +68,8 @@ def classes_of_maps(classified, reference):
         labels.update(
             {k: v for k, v in read_categories(reference).items() if k not in labels}
         )
-    return [{"value": v, "label": labels[v]} for v in sorted(labels)]
+    # A map without category labels has its values as class names.
+    return [{"value": v, "label": labels[v] or str(v)} for v in sorted(labels)]
 
 
 def labels_of_values(classified, classes, counter):

@@ -175,7 +175,8 @@ class DaskCluster:
                     raise IannError(
                         _(
                             "The Dask workers classifying {} died several times "
-                            "(out of memory?)"
+                            "(out of memory, or a GRASS error: see the workers' "
+                            "output)"
                         ).format(describe(job, by_key[future.key]))
                     ) from None
                 on_done(result)

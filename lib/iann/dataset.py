@@ -152,6 +152,12 @@ def write_validation_map(name, validation_cells):
 def load_dataset(folder):
     """Open a dataset folder: metadata and memory-mapped arrays."""
     path = os.path.join(folder, METADATA)
+    if os.path.isfile(folder):
+        raise IannError(
+            _("Dataset <{}> is a file, not a folder written by i.ann.patches").format(
+                folder
+            )
+        )
     if not os.path.isdir(folder):
         raise IannError(_("Dataset folder <{}> does not exist").format(folder))
     try:
