@@ -6,6 +6,7 @@ the names the user asked for: an interrupted run never leaves a
 half-written map under the output's name, nor touches an existing one.
 """
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,17 +118,14 @@ def add_segment_sums(sums, segment_ids, probabilities):
 def segment_sums(probability_maps, segments, rows, chunk=256):
     """Summed class probabilities of every segment over the whole region."""
     sums = {}
-    readers = [RowReader(name) for name in probability_maps]
-    try:
-        with RowReader(segments) as segment_reader:
-            for row0 in range(0, rows, chunk):
-                row1 = min(rows, row0 + chunk)
-                probabilities = np.moveaxis(read_rows(readers, row0, row1), 0, -1)
-                ids = read_int_rows(segment_reader, row0, row1)
-                add_segment_sums(sums, ids, probabilities)
-    finally:
-        for reader in readers:
-            reader.close()
+    with ExitStack() as stack:
+        readers = [stack.enter_context(RowReader(n)) for n in probability_maps]
+        segment_reader = stack.enter_context(RowReader(segments))
+        for row0 in range(0, rows, chunk):
+            row1 = min(rows, row0 + chunk)
+            probabilities = np.moveaxis(read_rows(readers, row0, row1), 0, -1)
+            ids = read_int_rows(segment_reader, row0, row1)
+            add_segment_sums(sums, ids, probabilities)
     return sums
 
 
