@@ -51,6 +51,9 @@ def test_training_messages(mapset, tmp_path):
     assert "Epoch 2/2: loss=" in result.stderr and "val_accuracy=" in result.stderr
     assert "CPU" in result.stderr or "GPU" in result.stderr
     assert "Traceback" not in result.stderr
+    # Each epoch's message on a line of its own (no "8%Epoch 2/12").
+    epochs = [line for line in result.stderr.splitlines() if "Epoch " in line]
+    assert len(epochs) == 2 and all(line.startswith("Epoch ") for line in epochs)
 
 
 def test_seed_decides_the_weights(mapset, tmp_path):
