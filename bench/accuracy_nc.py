@@ -18,6 +18,22 @@ Run: python3 bench/accuracy_nc.py [--work ~/i.ann-accuracy]
      [--train "k=v ..."]
 The GRASS project and the imported data are kept in the work folder and
 reused; each i.ann row writes its patches, bundle and report there.
+
+Training recipes by measurement: with --candidates (names of RECIPES),
+--seeds and --splits, each recipe runs once per seed (the seed goes to
+i.ann.patches and i.ann.train) on each spatial split, beside the majority
+class and the random forest (random_state = seed), and the script prints,
+per split, the mean +- sd over the seeds of OA, kappa (and the worst
+seed's), macro F1, the mean F1 of each class and the mean training time:
+
+     python3 bench/accuracy_nc.py --work /tmp/i.ann-accuracy --splits 0,1
+         --seeds 1,2,3 --candidates defaults,combined
+
+Split 0 is the demo's held-out quarter of 64 x 64-cell blocks (HELD_OUT);
+split 1 is another quarter of the same blocks, drawn with
+numpy.random.default_rng(101). Each run is stored in runs.json in the work
+folder as soon as it ends, and a rerun skips the (candidate, seed, split)
+already there, so the tables can be filled in over several runs.
 """
 
 import argparse
@@ -35,6 +51,67 @@ BANDS = ["lsat7_2000_{}".format(b) for b in (10, 20, 30, 40, 50, 70)]
 VNIR = BANDS[:4]
 HELD_OUT = "(int((row() - 1) / 64) * 7 + int((col() - 1) / 64) * 3) % 4 == 0"
 ARCHITECTURES = ("fcn", "unet", "resunet")
+BLOCK = 64
+# Split 1: a random quarter of the 64 x 64-cell blocks, numbered row-major.
+SPLIT_SEED = 101
+
+# Candidate training recipes: (i.ann.patches options, i.ann.train options);
+# "defaults" are the demo's (demo/chain.sh), the others add one change each,
+# "combined" all of them. The seed is added per run.
+DEMO_PATCHES = "size=32 number=1500 validation=0.2"
+DEMO_TRAIN = "filters=32 epochs=12 batch_size=32 augmentation=dihedral"
+RECIPES = {
+    "defaults": (DEMO_PATCHES, DEMO_TRAIN),
+    "sqrt": (DEMO_PATCHES, DEMO_TRAIN + " class_weight=sqrt"),
+    "balanced": (DEMO_PATCHES + " sampling=balanced", DEMO_TRAIN),
+    "cosine": (DEMO_PATCHES, DEMO_TRAIN + " schedule=cosine"),
+    "macro_f1": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_macro_f1"),
+    "combined": (
+        DEMO_PATCHES + " sampling=balanced",
+        DEMO_TRAIN + " class_weight=sqrt schedule=cosine monitor=val_macro_f1",
+    ),
+}
+RECIPE_ARCHITECTURE = "fcn"
+
+
+def split_maps(split):
+    """Names of the training-block map and the held-out reference of a split."""
+    if split == 0:
+        return "training_blocks", "heldout_ref"
+    return "training_blocks_{}".format(split), "heldout_ref_{}".format(split)
+
+
+def held_out_blocks(split, rows, cols):
+    """Ids (row-major) of the held-out blocks of split 1 and beyond."""
+    count = -(-rows // BLOCK) * -(-cols // BLOCK)
+    rng = np.random.default_rng(SPLIT_SEED + split - 1)
+    return sorted(int(b) for b in rng.choice(count, count // 4, replace=False))
+
+
+def make_split(split):
+    """The split's maps, made once in the project (split 0 by grass_project)."""
+    import grass.script as gs
+
+    training, heldout = split_maps(split)
+    if gs.find_file(heldout, element="cell")["fullname"]:
+        return
+    region = gs.region()
+    cols = int(region["cols"])
+    blocks = held_out_blocks(split, int(region["rows"]), cols)
+    block_id = "(int((row() - 1) / {b}) * {n} + int((col() - 1) / {b}))".format(
+        b=BLOCK, n=-(-cols // BLOCK)
+    )
+    held = " || ".join("{} == {}".format(block_id, b) for b in blocks)
+    gs.mapcalc(
+        "{} = if({}, null(), 1)".format(training, held), quiet=True, overwrite=True
+    )
+    gs.mapcalc(
+        "{} = if({}, landclass96, null())".format(heldout, held),
+        quiet=True,
+        overwrite=True,
+    )
+    gs.run_command("r.category", map=heldout, raster="landclass96")
+    gs.run_command("r.colors", map=heldout, raster="landclass96", quiet=True)
 
 
 def grass_project(work):
@@ -91,14 +168,14 @@ def scores(y_true, y_pred, values):
     }
 
 
-def pixel_rows(which):
+def pixel_rows(which, heldout="heldout_ref", seed=1):
     """Majority class and random forest on single pixels."""
     from grass.script import array as garray
     from sklearn.ensemble import RandomForestClassifier
 
     stack = np.stack([np.asarray(garray.array(b, null=np.nan)) for b in BANDS], -1)
     reference = np.asarray(garray.array("landclass96", null=-1, dtype=np.int32))
-    held = np.asarray(garray.array("heldout_ref", null=-1, dtype=np.int32)) >= 0
+    held = np.asarray(garray.array(heldout, null=-1, dtype=np.int32)) >= 0
     usable = (reference >= 0) & ~np.isnan(stack).any(-1)
     train, test = usable & ~held, usable & held
     values = sorted(int(v) for v in np.unique(reference[usable]))
@@ -109,9 +186,13 @@ def pixel_rows(which):
             reference[test], np.full(test.sum(), majority), values
         )
         rows["majority class"]["seconds"] = 0.0
+        rows["majority class"]["shares"] = {
+            int(v): float(n) / test.sum()
+            for v, n in zip(*np.unique(reference[test], return_counts=True))
+        }
     if "rf" in which:
         start = time.perf_counter()
-        forest = RandomForestClassifier(n_estimators=200, n_jobs=-1, random_state=1)
+        forest = RandomForestClassifier(n_estimators=200, n_jobs=-1, random_state=seed)
         forest.fit(stack[train], reference[train])
         seconds = time.perf_counter() - start
         rows["random forest, 200 trees, pixels"] = scores(
@@ -126,13 +207,30 @@ def options_from(text):
     return [item for item in (text or "").split() if item]
 
 
-def ann_row(work, name, architecture, bands, patch_options, train_options):
-    """i.ann with defaults: patches (training blocks), train, classify, report."""
+def ann_row(
+    work,
+    name,
+    architecture,
+    bands,
+    patch_options,
+    train_options,
+    split=0,
+    seed=None,
+):
+    """i.ann with defaults: patches (training blocks), train, classify, report.
+
+    With a seed, it goes to i.ann.patches and i.ann.train; the split names
+    the training-block map (the MASK for the patches) and the held-out
+    reference of the assessment."""
     import grass.script as gs
 
+    training, heldout = split_maps(split)
+    if seed is not None:
+        patch_options = "{} seed={}".format(patch_options, seed)
+        train_options = "{} seed={}".format(train_options, seed)
     folder = os.path.join(work, name)
     os.makedirs(folder, exist_ok=True)
-    gs.run_command("r.mask", raster="training_blocks", overwrite=True, quiet=True)
+    gs.run_command("r.mask", raster=training, overwrite=True, quiet=True)
     try:
         subprocess.run(
             module("i.ann.patches")
@@ -168,8 +266,8 @@ def ann_row(work, name, architecture, bands, patch_options, train_options):
         + [
             "input=" + ",".join(bands),
             "model=" + os.path.join(folder, "model"),
-            "output=" + name,
-            "reference=heldout_ref",
+            "output=" + os.path.basename(name),
+            "reference=" + heldout,
             "report=" + report,
             "--overwrite",
             "--quiet",
@@ -187,8 +285,211 @@ def ann_row(work, name, architecture, bands, patch_options, train_options):
         "macro_f1": result["macro_f1"],
         "f1": {c["value"]: c["f1"] for c in result["classes"]},
         "seconds": seconds,
+        "cells": result.get("cells"),
         "epochs": "{}/{}".format(training["best_epoch"], training["epochs_run"]),
     }
+
+
+def mean_sd(values):
+    """'mean +- sd' (sample sd; none with one value)."""
+    if len(values) < 2:
+        return "{:.3f}".format(np.mean(values))
+    return "{:.3f} +- {:.3f}".format(np.mean(values), np.std(values, ddof=1))
+
+
+def f1_of(run, value):
+    return run["f1"].get(str(value), run["f1"].get(value, 0.0))
+
+
+def recipe_runs(args):
+    """Each candidate recipe and the random forest per seed on each split."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    splits = [int(s) for s in args.splits.split(",")]
+    candidates = [c for c in (args.candidates or "defaults").split(",") if c]
+    unknown = [c for c in candidates if c not in RECIPES]
+    if unknown:
+        sys.exit("unknown candidates: {} (known: {})".format(unknown, list(RECIPES)))
+    stored = os.path.join(args.work, "runs.json")
+    runs = {}
+    if os.path.exists(stored):
+        with open(stored) as f:
+            runs = json.load(f)
+
+    def keep(key, result):
+        runs[key] = result
+        with open(stored + ".tmp", "w") as f:
+            json.dump(runs, f, indent=1, default=float)
+        os.replace(stored + ".tmp", stored)
+
+    session = grass_project(args.work)
+    try:
+        for split in splits:
+            make_split(split)
+            heldout = split_maps(split)[1]
+            for seed in seeds:
+                key = "{}/rf/{}".format(split, seed)
+                if key in runs:
+                    continue
+                start = time.time()
+                rows, values = pixel_rows(["majority", "rf"], heldout, seed)
+                keep("{}/majority/{}".format(split, seed), rows["majority class"])
+                keep(key, rows["random forest, 200 trees, pixels"])
+                print(
+                    "split {} rf seed {}: {:.0f} s".format(
+                        split, seed, time.time() - start
+                    )
+                )
+            for candidate in candidates:
+                patch_options, train_options = RECIPES[candidate]
+                for seed in seeds:
+                    key = "{}/{}/{}".format(split, candidate, seed)
+                    if key in runs:
+                        continue
+                    start = time.time()
+                    name = "{}_s{}_split{}".format(candidate, seed, split)
+                    result = ann_row(
+                        args.work,
+                        os.path.join("split{}".format(split), name),
+                        RECIPE_ARCHITECTURE,
+                        BANDS,
+                        patch_options + " " + args.patches,
+                        train_options + " " + args.train,
+                        split=split,
+                        seed=seed,
+                    )
+                    result["wall_seconds"] = time.time() - start
+                    keep(key, result)
+                    print(
+                        "split {} {} seed {}: kappa {:.3f}, {:.0f} s".format(
+                            split, candidate, seed, result["kappa"], time.time() - start
+                        ),
+                        flush=True,
+                    )
+    finally:
+        session.finish()
+    print_recipes(runs, splits, seeds, ["majority", "rf"] + candidates)
+    print_targets(runs, splits, seeds, candidates)
+    if args.patches or args.train:
+        print(
+            "\nextra options: patches: {!r}, train: {!r}".format(
+                args.patches, args.train
+            )
+        )
+
+
+def print_recipes(runs, splits, seeds, rows):
+    """Per split: mean +- sd over the seeds of each row's scores."""
+    values = list(range(1, 8))
+    labels = {
+        "majority": "majority class",
+        "rf": "random forest, 200 trees, pixels",
+    }
+    for split in splits:
+        done = {}
+        for row in rows:
+            found = [runs.get("{}/{}/{}".format(split, row, s)) for s in seeds]
+            found = [r for r in found if r]
+            if found:
+                done[row] = found
+        if not done:
+            continue
+        shares = {}
+        if "majority" in done:
+            shares = done["majority"][0].get("shares", {})
+        print(
+            "\nsplit {}: {}; held-out shares: {}".format(
+                split,
+                (
+                    "the demo's held-out quarter of 64 x 64-cell blocks"
+                    if split == 0
+                    else "a random quarter of the 64 x 64-cell blocks, "
+                    "numpy.random.default_rng({})".format(SPLIT_SEED + split - 1)
+                ),
+                ", ".join(
+                    "{} {:.3f}".format(v, shares.get(str(v), shares.get(v, 0.0)))
+                    for v in values
+                ),
+            )
+        )
+        header = ["row", "seeds", "OA", "kappa", "worst kappa", "macro F1"]
+        header += ["F1 {}".format(v) for v in values] + ["train s"]
+        table = []
+        for row, found in done.items():
+            table.append(
+                [labels.get(row, row), len(found)]
+                + [mean_sd([r["overall_accuracy"] for r in found])]
+                + [mean_sd([r["kappa"] for r in found])]
+                + ["{:.3f}".format(min(r["kappa"] for r in found))]
+                + [mean_sd([r["macro_f1"] for r in found])]
+                + [
+                    "{:.2f}".format(np.mean([f1_of(r, v) for r in found]))
+                    for v in values
+                ]
+                + ["{:.0f}".format(np.mean([r["seconds"] for r in found]))]
+            )
+        print_table(header, table)
+    print(
+        "\nclasses: 1 developed, 2 agriculture, 3 herbaceous, 4 shrubland, "
+        "5 forest, 6 water, 7 sediment; i.ann rows: {} with the recipe's "
+        "options, seeds {}".format(RECIPE_ARCHITECTURE, ",".join(map(str, seeds)))
+    )
+    for name in rows:
+        if name in RECIPES:
+            print("  {}: patches {!r}; train {!r}".format(name, *RECIPES[name]))
+
+
+TARGETS = (
+    "OA >= 0.72, kappa >= 0.58, worst seed's kappa >= 0.55, macro F1 >= the "
+    "forest's, F1 of each class with >= 2% of the held-out cells >= the "
+    "forest's - 0.05 (F1 margins: mean - (forest's mean - 0.05))"
+)
+
+
+def print_targets(runs, splits, seeds, candidates):
+    """Margins of each candidate against the targets (>= 0: met), per split."""
+    for split in splits:
+        lines = []
+
+        def found(row):
+            return [
+                runs["{}/{}/{}".format(split, row, s)]
+                for s in seeds
+                if "{}/{}/{}".format(split, row, s) in runs
+            ]
+
+        forest, majority = found("rf"), found("majority")
+        if not forest or not majority:
+            continue
+        shares = majority[0]["shares"]
+        common = [int(v) for v, share in shares.items() if share >= 0.02]
+        for candidate in candidates:
+            done = found(candidate)
+            if not done:
+                continue
+            margins = {
+                "OA": np.mean([r["overall_accuracy"] for r in done]) - 0.72,
+                "kappa": np.mean([r["kappa"] for r in done]) - 0.58,
+                "worst kappa": min(r["kappa"] for r in done) - 0.55,
+                "macro F1": np.mean([r["macro_f1"] for r in done])
+                - np.mean([r["macro_f1"] for r in forest]),
+            }
+            for v in sorted(common):
+                margins["F1 {}".format(v)] = (
+                    np.mean([f1_of(r, v) for r in done])
+                    - np.mean([f1_of(r, v) for r in forest])
+                    + 0.05
+                )
+            lines.append(
+                [split, candidate, len(done)]
+                + ["{:+.3f}".format(m) for m in margins.values()]
+                + ["yes" if min(margins.values()) >= 0 else "no"]
+            )
+        if lines:
+            print("\nsplit {}, margins against the targets (>= 0: met)".format(split))
+            print_table(
+                ["split", "candidate", "seeds"] + list(margins) + ["all met"], lines
+            )
+            print(TARGETS)
 
 
 def main():
@@ -197,7 +498,18 @@ def main():
     parser.add_argument("--rows", default="majority,rf,fcn,unet,resunet,nosw")
     parser.add_argument("--patches", default="", help="extra i.ann.patches options")
     parser.add_argument("--train", default="", help="extra i.ann.train options")
+    parser.add_argument(
+        "--candidates", help="training recipes to compare: " + ",".join(RECIPES)
+    )
+    parser.add_argument("--seeds", help="seeds of the recipe runs, e.g. 1,2,3")
+    parser.add_argument("--splits", help="spatial splits, 0 and/or 1")
     args = parser.parse_args()
+    if args.candidates or args.seeds or args.splits:
+        args.seeds = args.seeds or "1"
+        args.splits = args.splits or "0"
+        os.makedirs(args.work, exist_ok=True)
+        recipe_runs(args)
+        return
     which = args.rows.split(",")
     os.makedirs(args.work, exist_ok=True)
     # Rows from earlier runs in the same work folder are kept, so a long
