@@ -78,7 +78,7 @@
 # % key: sampling
 # % type: string
 # % required: no
-# % answer: random
+# % answer: balanced
 # % options: random,grid,balanced
 # % description: How patch positions are drawn
 # % descriptions: random;uniformly among the patches that fit;grid;on a regular grid of stride cells;balanced;stratified by the class of the centre cell, for rare classes

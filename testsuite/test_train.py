@@ -112,6 +112,7 @@ def test_validation_metrics_per_epoch_and_monitor(synthetic_patches, tmp_path):
         batch_size=8,
         learning_rate=0.01,
         monitor="val_kappa",
+        schedule="cosine",
     )
     assert "val_kappa=" in result.stderr and "val_macro_f1=" in result.stderr
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
@@ -147,6 +148,11 @@ def test_validation_metrics_per_epoch_and_monitor(synthetic_patches, tmp_path):
         expected["val_f1_{}".format(value)] = per_class[index]
     for key, value in expected.items():
         assert abs(history[key][best - 1] - value) < 2e-3, key
+    # schedule=cosine: warm-up over epoch 1, then 0.01 (1 + cos(pi t)) / 2
+    # over epochs 2 to 4 (t = 1/3, 2/3, 1).
+    expected_rates = [0.01] + [0.005 * (1 + np.cos(np.pi * t / 3)) for t in (1, 2, 3)]
+    np.testing.assert_allclose(history["learning_rate"], expected_rates, atol=1e-6)
+    assert meta["training"]["schedule"] == "cosine"
 
 
 def test_monitor_without_validation_patches_falls_back(mapset, tmp_path):
@@ -259,21 +265,3 @@ def test_failed_overwrite_keeps_the_old_bundle(
     assert "this layer cannot be saved" in result.stderr
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]
-
-
-def test_cosine_schedule(synthetic_patches, tmp_path):
-    run_ok(
-        "i.ann.train",
-        input=synthetic_patches,
-        output=tmp_path / "m",
-        filters=4,
-        epochs=3,
-        batch_size=8,
-        learning_rate=0.01,
-        schedule="cosine",
-    )
-    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
-    rates = meta["training"]["history"]["learning_rate"]
-    # Warm-up over epoch 1, then 0.01 x (1 + cos(pi t)) / 2 over epochs 2-3.
-    np.testing.assert_allclose(rates, [0.01, 0.005, 0.0], atol=1e-6)
-    assert meta["training"]["schedule"] == "cosine"
