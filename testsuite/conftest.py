@@ -9,6 +9,7 @@ mapset of its own.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,12 @@ sys.path.insert(0, str(REPO / "lib"))
 
 import grass.script as gs  # noqa: E402
 import grass.script.setup as gsetup  # noqa: E402
+
+# A suite started in the background by a script (as run_tests.sh starts its
+# two pytest processes) inherits SIGINT ignored, and so would every module
+# it starts: Ctrl-C tests could not interrupt them. A handler, unlike an
+# ignored signal, is not inherited across exec: the modules get Python's own.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 MODULES = ("i.ann.patches", "i.ann.train", "i.ann.classify")
 
