@@ -312,11 +312,12 @@ def assess_only(options, flags):
 
 def reference_option(options):
     """The checked reference: a raster's full name or a VectorReference."""
-    from iann.assessment import check_reference, check_vector
+    from iann.assessment import check_reference
+    from iann.reference import check_vector_reference
 
     if options["reference_vector"]:
-        return check_vector(
-            options["reference_vector"], options["column"], options["layer"]
+        return check_vector_reference(
+            options["reference_vector"], options["column"], layer=options["layer"]
         )
     if options["reference"]:
         return check_reference(options["reference"])

@@ -648,3 +648,29 @@ def test_assess_map_without_categories(mapset, tmp_path):
     urban = [c for c in report["classes"] if c["value"] == 31][0]
     assert urban["support"] == (truth[keep] == 31).sum() > 0
     assert urban["recall"] == 0  # never mapped as 31
+
+
+def test_assess_names_classes_the_map_labels_but_never_assigns(mapset, tmp_path):
+    """Labels outside the map's range of values are read, not numbers."""
+    _, reference = make_synthetic()
+    gs.mapcalc("mid = if(s_b1 > 120, 21, 31)", quiet=True)
+    rules = "11|grass\n21|trees\n31|houses\n41|lake\n"
+    gs.write_command("r.category", map="mid", rules="-", separator="pipe", stdin=rules)
+    # The oracle: r.category asked for those values by number.
+    asked = gs.read_command(
+        "r.category", map="mid", cats="11,21,31,41", separator="pipe"
+    )
+    assert asked.split("\n")[:4] == ["11|grass", "21|trees", "31|houses", "41|lake"]
+    run_ok(
+        "i.ann.classify",
+        "e",
+        classified="mid",
+        reference=reference,
+        report=tmp_path / "mid.json",
+    )
+    report = json.loads((tmp_path / "mid.json").read_text())
+    labels = {c["value"]: c["label"] for c in report["classes"]}
+    assert labels[11] == "grass" and labels[41] == "lake"
+    assert labels[21] == "trees" and labels[31] == "houses"
+    # 11 is labelled in the map, so the reference's 11 is no unseen class.
+    assert report["unseen_reference_classes"] == []

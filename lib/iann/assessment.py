@@ -18,7 +18,7 @@ from .accuracy import (
     plot_confusion,
     write_report,
 )
-from .reference import check_vector_reference, rasterise
+from .reference import rasterise
 from .grassio import (
     RowReader,
     read_categories,
@@ -33,11 +33,6 @@ def check_reference(reference):
     (reference,) = require_rasters([reference])
     require_integer_map(reference)
     return reference
-
-
-def check_vector(name, column, layer):
-    """The vector reference of an assessment, once its map and column are checked."""
-    return check_vector_reference(name, column, layer=layer)
 
 
 def reference_raster(reference, temporary_maps):
@@ -61,45 +56,16 @@ def describe(reference):
 def classes_of_maps(classified, reference):
     """Classes (value, label) of a map and its reference, from their categories.
 
-    `reference` is a raster map's name, or None (a vector reference).
+    `reference` is a raster map's name, or None (a vector reference). The
+    classes are the values labelled in either map's categories and every
+    value the classified map assigns in the region; a value without a label
+    is named by its number.
     """
-    labels = read_categories(classified)
-    if reference:
-        labels.update(
-            {k: v for k, v in read_categories(reference).items() if k not in labels}
-        )
-    # A map without category labels has its values as class names.
+    labels = read_categories(reference) if reference else {}
+    labels.update(read_categories(classified))
+    for value in mapped_areas_of(classified):
+        labels.setdefault(value, "")
     return [{"value": v, "label": labels[v] or str(v)} for v in sorted(labels)]
-
-
-def labels_of_values(classified, classes, counter):
-    """`classes` and the map's labels of compared values missing from them.
-
-    r.category without cats= lists only the categories within the map's
-    range of values: a class the map has a label for but never assigns
-    (below its smallest or above its largest value) would be reported by
-    its number, as a class the model never saw.
-    """
-    y_true, y_pred, _weights = counter.arrays()
-    known = {c["value"] for c in classes}
-    missing = sorted((set(y_true.tolist()) | set(y_pred.tolist())) - known)
-    if not missing:
-        return classes
-    try:
-        text = gs.read_command(
-            "r.category",
-            map=classified,
-            cats=",".join(str(v) for v in missing),
-            separator="pipe",
-        )
-    except gs.CalledModuleError:
-        return classes
-    found = []
-    for line in text.splitlines():
-        value, _bar, label = line.partition("|")
-        if label.strip():
-            found.append({"value": int(float(value)), "label": label.strip()})
-    return sorted(classes + found, key=lambda c: c["value"])
 
 
 def count_pairs(classified, reference, chunk=256):
@@ -151,7 +117,7 @@ def assess(
     counter = count_pairs(classified, truth)
     report = accuracy_report(
         counter,
-        labels_of_values(classified, classes, counter),
+        classes,
         mapped_cells=mapped_areas_of(classified),
         cell_area=1.0,
     )

@@ -274,17 +274,21 @@ def raster_info(name):
 
 
 def read_categories(name):
-    """Category labels of a raster map: {value: label}."""
-    text = gs.read_command("r.category", map=name, separator="pipe")
+    """Category labels of a raster map: {value: label}, every labelled value.
+
+    Read through pygrass (Rast_read_cats): r.category without cats= lists
+    only the values within the map's range, and a map's categories may
+    label classes it never assigns.
+    """
+    from grass.pygrass.raster.category import Category
+
+    map_name, _at, mapset = name.partition("@")
+    categories = Category(map_name, mapset=mapset)
+    categories.read()
     labels = {}
-    for line in text.splitlines():
-        if "|" not in line:
-            continue
-        value, label = line.split("|", 1)
-        try:
-            labels[int(float(value))] = label.strip()
-        except ValueError:
-            continue
+    for label, low, high in categories:
+        for value in range(int(low), int(low if high is None else high) + 1):
+            labels[value] = (label or "").strip()
     return labels
 
 
