@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from .grassio import CELL_NULL
+from .pipeline import CELL_NULL
 
 
 class PairCounter:
@@ -37,13 +37,13 @@ class PairCounter:
         return pairs[:, 0], pairs[:, 1], weights
 
 
-def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
-    """Overall accuracy, kappa, per-class precision/recall/F1/support, matrix.
+def pair_scores(y_true, y_pred, weights, values):
+    """The study's figures of weighted (reference, map) pairs, by scikit-learn.
 
-    `classes` are the model's classes (value, label); reference values the
-    model never saw are added to the table and listed as unseen. With
-    `mapped_cells` ({value: cells of the whole map}), the area-adjusted
-    estimates are added.
+    Overall accuracy, kappa, macro F1 (over the classes present in either),
+    weighted F1, per-class precision, recall, F1 and support in the order
+    of `values`, and the confusion matrix (reference in rows). None when
+    the weights sum to 0.
     """
     from sklearn.metrics import (
         accuracy_score,
@@ -52,39 +52,63 @@ def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
         precision_recall_fscore_support,
     )
 
-    y_true, y_pred, weights = counter.arrays()
     if weights.sum() == 0:
         return None
-    known = {c["value"]: c["label"] for c in classes}
-    unseen = sorted(set(np.unique(y_true).tolist()) - set(known))
-    values = sorted(set(known) | set(unseen) | set(np.unique(y_pred).tolist()))
-    labels = {v: known.get(v, str(v)) for v in values}
     precision, recall, f1, _support = precision_recall_fscore_support(
         y_true, y_pred, labels=values, sample_weight=weights, zero_division=0
     )
-    support = [float(weights[y_true == v].sum()) for v in values]
     # A class in neither the reference nor the map has no F1 to average: as
     # a 0 it would lower the macro mean for a class that was never there.
     present = sorted(
         set(y_true[weights > 0].tolist()) | set(y_pred[weights > 0].tolist())
     )
-    macro = precision_recall_fscore_support(
-        y_true,
-        y_pred,
-        labels=present,
-        sample_weight=weights,
-        average="macro",
-        zero_division=0,
-    )
-    weighted = precision_recall_fscore_support(
-        y_true,
-        y_pred,
-        labels=values,
-        sample_weight=weights,
-        average="weighted",
-        zero_division=0,
-    )
-    matrix = confusion_matrix(y_true, y_pred, labels=values, sample_weight=weights)
+
+    def averaged(labels, average):
+        return precision_recall_fscore_support(
+            y_true,
+            y_pred,
+            labels=labels,
+            sample_weight=weights,
+            average=average,
+            zero_division=0,
+        )[2]
+
+    return {
+        "overall_accuracy": float(
+            accuracy_score(y_true, y_pred, sample_weight=weights)
+        ),
+        "kappa": float(
+            cohen_kappa_score(y_true, y_pred, labels=values, sample_weight=weights)
+        ),
+        "macro_f1": float(averaged(present, "macro")),
+        "weighted_f1": float(averaged(values, "weighted")),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": [float(weights[y_true == v].sum()) for v in values],
+        "matrix": confusion_matrix(
+            y_true, y_pred, labels=values, sample_weight=weights
+        ),
+    }
+
+
+def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
+    """Overall accuracy, kappa, per-class precision/recall/F1/support, matrix.
+
+    `classes` are the model's classes (value, label); reference values the
+    model never saw are added to the table and listed as unseen. With
+    `mapped_cells` ({value: cells of the whole map}), the area-adjusted
+    estimates are added.
+    """
+    y_true, y_pred, weights = counter.arrays()
+    known = {c["value"]: c["label"] for c in classes}
+    unseen = sorted(set(np.unique(y_true).tolist()) - set(known))
+    values = sorted(set(known) | set(unseen) | set(np.unique(y_pred).tolist()))
+    scores = pair_scores(y_true, y_pred, weights, values)
+    if scores is None:
+        return None
+    labels = {v: known.get(v, str(v)) for v in values}
+    matrix = scores["matrix"]
     reference_totals = matrix.sum(axis=1)
     adjusted = None
     if mapped_cells:
@@ -92,15 +116,11 @@ def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
     return {
         "area_adjusted": adjusted,
         "cells": int(weights.sum()),
-        "overall_accuracy": float(
-            accuracy_score(y_true, y_pred, sample_weight=weights)
-        ),
-        "kappa": float(
-            cohen_kappa_score(y_true, y_pred, labels=values, sample_weight=weights)
-        ),
+        "overall_accuracy": scores["overall_accuracy"],
+        "kappa": scores["kappa"],
         "majority_share": float(reference_totals.max() / reference_totals.sum()),
-        "macro_f1": float(macro[2]),
-        "weighted_f1": float(weighted[2]),
+        "macro_f1": scores["macro_f1"],
+        "weighted_f1": scores["weighted_f1"],
         "classes": [
             {
                 "value": int(v),
@@ -110,7 +130,13 @@ def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
                 "f1": float(f),
                 "support": int(s),
             }
-            for v, p, r, f, s in zip(values, precision, recall, f1, support)
+            for v, p, r, f, s in zip(
+                values,
+                scores["precision"],
+                scores["recall"],
+                scores["f1"],
+                scores["support"],
+            )
         ],
         "unseen_reference_classes": [int(v) for v in unseen],
         "confusion_matrix": {

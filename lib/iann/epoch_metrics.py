@@ -12,7 +12,8 @@ stopping all see them.
 import keras
 import numpy as np
 
-from .dataset import UNLABELLED
+from .accuracy import pair_scores
+from .sampling import UNLABELLED
 
 # What monitor= may name, and whether lower values are better.
 MONITORS = {
@@ -26,27 +27,17 @@ MONITORS = {
 def scores(matrix):
     """OA, kappa, macro F1 and per-class F1 of a confusion matrix.
 
-    `matrix` has the reference in rows and the predictions in columns. A
-    class in neither has no F1 (NaN), and is left out of the macro mean.
+    `matrix` has the reference in rows and the predictions in columns; the
+    figures are those of the accuracy report, from the same scorer.
     """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    total = matrix.sum()
-    if total == 0:
-        return None
-    truth, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
-    agreement = np.trace(matrix) / total
-    chance = (truth * predicted).sum() / total**2
-    kappa = (agreement - chance) / (1 - chance) if chance < 1 else 0.0
-    hits = np.diag(matrix)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = 2 * hits / (truth + predicted)
-    present = (truth + predicted) > 0
-    return {
-        "overall_accuracy": float(agreement),
-        "kappa": float(kappa),
-        "macro_f1": float(f1[present].mean()),
-        "f1": [float(x) for x in f1],
-    }
+    matrix = np.asarray(matrix)
+    y_true, y_pred = np.nonzero(matrix)
+    return pair_scores(
+        y_true,
+        y_pred,
+        matrix[y_true, y_pred].astype(np.float64),
+        list(range(len(matrix))),
+    )
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -89,4 +80,4 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs["val_kappa"] = result["kappa"]
         logs["val_macro_f1"] = result["macro_f1"]
         for value, f1 in zip(self.values, result["f1"]):
-            logs["val_f1_{}".format(value)] = f1
+            logs["val_f1_{}".format(value)] = float(f1)
