@@ -103,11 +103,16 @@ def reference_classes(reference, what):
     return cells, labelled, values
 
 
+def wanted_counts(sampling):
+    """How many patches each part asks for: the validation share of number."""
+    n_validation = int(round(sampling.number * sampling.validation))
+    return {"train": sampling.number - n_validation, "validation": n_validation}
+
+
 def draw_patches(labels, usable, sampling, region, rng):
     """Draw the origins of the training and validation patches."""
     size = sampling.size
-    n_validation = int(round(sampling.number * sampling.validation))
-    wanted = {"train": sampling.number - n_validation, "validation": n_validation}
+    wanted = wanted_counts(sampling)
     stride = sampling.stride or size
     if sampling.split == "random":
         drawn = draw_origins(
@@ -160,8 +165,7 @@ def split_points(labels, labelled, band_nulls, need, sampling, rng):
     Returns the Draw and the label grid of each part.
     """
     size = sampling.size
-    n_validation = int(round(sampling.number * sampling.validation))
-    wanted = {"train": sampling.number - n_validation, "validation": n_validation}
+    wanted = wanted_counts(sampling)
     cells = np.flatnonzero(labelled)
     to_validation = rng.random(len(cells)) < sampling.validation
     origins, part_labels = {}, {}
