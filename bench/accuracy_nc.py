@@ -70,6 +70,8 @@ RECIPES = {
     "macro_f1": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_macro_f1"),
     "kappa": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_kappa"),
     "focal": (DEMO_PATCHES, DEMO_TRAIN + " loss=focal"),
+    "batch16": (DEMO_PATCHES, DEMO_TRAIN.replace("batch_size=32", "batch_size=16")),
+    "lr3": (DEMO_PATCHES, DEMO_TRAIN + " learning_rate=0.003"),
     "patches3000": (
         DEMO_PATCHES.replace("number=1500", "number=3000"),
         DEMO_TRAIN.replace("epochs=12", "epochs=6"),

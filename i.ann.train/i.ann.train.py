@@ -116,7 +116,17 @@
 # % type: double
 # % required: no
 # % answer: 0.001
-# % description: Learning rate of the Adam optimizer
+# % description: Learning rate of the optimizer (its largest, with schedule=cosine)
+# % guisection: Training
+# %end
+# %option
+# % key: optimizer
+# % type: string
+# % required: no
+# % answer: adam
+# % options: adam,adamw,sgd
+# % label: Optimizer of the network's weights
+# % descriptions: adam;Adam;adamw;Adam with decoupled weight decay (0.004 of the learning rate per step, Keras' AdamW);sgd;stochastic gradient descent with Nesterov momentum 0.9 (wants a larger learning_rate, e.g. 0.01)
 # % guisection: Training
 # %end
 # %option
@@ -283,6 +293,7 @@ def training_settings(options, flags):
         batch_size=int(options["batch_size"]),
         learning_rate=float(options["learning_rate"]),
         schedule=options["schedule"],
+        optimizer=options["optimizer"],
         loss=options["loss"],
         gamma=float(options["gamma"]),
         class_weight=options["class_weight"],

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from conftest import assert_fails, make_synthetic, read_map, run, run_ok
 
@@ -97,6 +98,42 @@ def test_seed_decides_the_weights(mapset, tmp_path):
             output="map_" + name,
         )
     np.testing.assert_array_equal(read_map("map_a"), read_map("map_b"))
+
+
+def test_optimizer_is_the_one_asked_for(synthetic_patches, tmp_path):
+    import keras
+
+    expected = {
+        "adam": ("Adam", {}),
+        "adamw": ("AdamW", {"weight_decay": 0.004}),
+        "sgd": ("SGD", {"momentum": 0.9, "nesterov": True}),
+    }
+    weights = {}
+    for name in expected:
+        run_ok(
+            "i.ann.train",
+            input=synthetic_patches,
+            output=tmp_path / name,
+            filters=4,
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.01,
+            optimizer=name,
+        )
+        meta = json.loads((tmp_path / name / "metadata.json").read_text())
+        assert meta["training"]["optimizer"] == name
+        # The oracle: the optimizer Keras saved with the compiled model.
+        model = keras.saving.load_model(tmp_path / name / "model.keras")
+        kind, config = expected[name]
+        assert type(model.optimizer).__name__ == kind
+        saved = model.optimizer.get_config()
+        assert saved["learning_rate"] == pytest.approx(0.01)
+        for key, value in config.items():
+            assert saved[key] == pytest.approx(value), (name, key)
+        weights[name] = model.get_layer("block1a_conv").get_weights()[0]
+    # Same seed, same first weights: the optimizers took other steps.
+    assert not np.allclose(weights["adam"], weights["adamw"])
+    assert not np.allclose(weights["adam"], weights["sgd"])
 
 
 def test_validation_metrics_per_epoch_and_monitor(synthetic_patches, tmp_path):

@@ -29,6 +29,7 @@ class TrainingSettings:
     batch_size: int = 32
     learning_rate: float = 0.001
     schedule: str = "constant"
+    optimizer: str = "adam"
     loss: str = "crossentropy"
     gamma: float = 2.0
     class_weight: str = "none"

@@ -147,8 +147,8 @@ def prepare(dataset, settings):
             )
         steps = -(-len(arrays["train_images"]) // settings.batch_size)
         model.compile(
-            optimizer=keras.optimizers.Adam(
-                learning_rate=learning_rate(settings, steps)
+            optimizer=make_optimizer(
+                settings.optimizer, learning_rate(settings, steps)
             ),
             loss=make_loss(settings.loss, settings.gamma),
             weighted_metrics=["accuracy"],
@@ -164,6 +164,20 @@ def prepare(dataset, settings):
         pretrained_meta,
         copied,
     )
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def make_optimizer(name, rate):
+    """The optimizer called `name` (one of OPTIMIZERS), at `rate`."""
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=rate)
+    raise IannError(_("Unknown optimizer <{}>").format(name))
 
 
 def learning_rate(settings, steps_per_epoch):
@@ -387,6 +401,7 @@ def bundle_metadata(
             "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate,
             "schedule": settings.schedule,
+            "optimizer": settings.optimizer,
             "loss": settings.loss,
             "focal_gamma": settings.gamma if settings.loss == "focal" else None,
             "class_weight": settings.class_weight,
