@@ -72,6 +72,7 @@ RECIPES = {
     "focal": (DEMO_PATCHES, DEMO_TRAIN + " loss=focal"),
     "batch16": (DEMO_PATCHES, DEMO_TRAIN.replace("batch_size=32", "batch_size=16")),
     "lr3": (DEMO_PATCHES, DEMO_TRAIN + " learning_rate=0.003"),
+    "adamw": (DEMO_PATCHES, DEMO_TRAIN + " optimizer=adamw"),
     "patches3000": (
         DEMO_PATCHES.replace("number=1500", "number=3000"),
         DEMO_TRAIN.replace("epochs=12", "epochs=6"),
