@@ -216,7 +216,7 @@
 # %end
 # %flag
 # % key: e
-# % description: Only assess the map given by classified= against reference= (no prediction)
+# % description: No prediction: assess the map given by classified= against a reference, or write its vector map, or both
 # % guisection: Accuracy
 # %end
 # %flag
@@ -235,7 +235,7 @@
 # % requires: report, reference, reference_vector
 # % requires: plot, reference, reference_vector
 # % requires: -e, classified
-# % requires: -e, reference, reference_vector
+# % requires: -e, reference, reference_vector, vector
 # % requires: min_area, vector
 # % requires: -s, vector
 # % requires: classified, -e
@@ -287,7 +287,7 @@ def main(options, flags):
 
 
 def assess_only(options, flags):
-    """The accuracy report of an existing map (-e), and its vector map."""
+    """The accuracy report of an existing map (-e), its vector map, or both."""
     from iann.assessment import assess, classes_of_maps
     from iann.grassio import require_rasters
     from iann.vectorise import check_new_vector
@@ -296,16 +296,16 @@ def assess_only(options, flags):
     reference = reference_option(options)
     check_report_files(options)
     check_new_vector(options["vector"], gs.overwrite())
-    truth = reference if isinstance(reference, str) else None
-    classes = classes_of_maps(classified, truth)
-    assess(
-        classified,
-        reference,
-        classes,
-        options["report"],
-        options["plot"],
-        temporary_maps=TEMPORARY_MAPS,
-    )
+    if reference is not None:
+        truth = reference if isinstance(reference, str) else None
+        assess(
+            classified,
+            reference,
+            classes_of_maps(classified, truth),
+            options["report"],
+            options["plot"],
+            temporary_maps=TEMPORARY_MAPS,
+        )
     vector_output(classified, options, flags)
     return 0
 

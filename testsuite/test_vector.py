@@ -406,15 +406,18 @@ def test_vector_output_and_minimum_area(mapset):
     )
     np.testing.assert_array_equal(read_map("back"), read_map("cls"))
 
-    # A minimum area of two cells (1800 square metres) removes the island.
-    run_ok(
+    # A minimum area of two cells (1800 square metres) removes the island;
+    # without a reference, -e only writes the vector map.
+    result = run_ok(
         "i.ann.classify",
         "e",
         classified="cls",
-        reference="cls",
         vector="cleaned",
         min_area=1800,
     )
+    assert "Overall accuracy" not in result.stdout
+    # -e with neither a reference nor a vector map has nothing to do.
+    assert_fails(run("i.ann.classify", "e", classified="cls"), "<-e>", "<vector>")
     gs.run_command(
         "v.to.rast",
         input="cleaned",
