@@ -66,6 +66,7 @@ RECIPES = {
     "random": (DEMO_PATCHES + " sampling=random", DEMO_TRAIN),
     "balanced": (DEMO_PATCHES + " sampling=balanced", DEMO_TRAIN),
     "sqrt": (DEMO_PATCHES + " sampling=random", DEMO_TRAIN + " class_weight=sqrt"),
+    "balanced_sqrt": (DEMO_PATCHES, DEMO_TRAIN + " class_weight=sqrt"),
     "cosine": (DEMO_PATCHES, DEMO_TRAIN + " schedule=cosine"),
     "macro_f1": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_macro_f1"),
     "kappa": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_kappa"),
