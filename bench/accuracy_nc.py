@@ -33,7 +33,8 @@ Split 0 is the demo's held-out quarter of 64 x 64-cell blocks (HELD_OUT);
 split 1 is another quarter of the same blocks, drawn with
 numpy.random.default_rng(101). Each run is stored in runs.json in the work
 folder as soon as it ends, and a rerun skips the (candidate, seed, split)
-already there, so the tables can be filled in over several runs.
+already there, so the tables can be filled in over several runs;
+--tables prints them from runs.json without running anything.
 """
 
 import argparse
@@ -77,6 +78,10 @@ RECIPES = {
     "patches3000": (
         DEMO_PATCHES.replace("number=1500", "number=3000"),
         DEMO_TRAIN.replace("epochs=12", "epochs=6"),
+    ),
+    "patches6000": (
+        DEMO_PATCHES.replace("number=1500", "number=6000"),
+        DEMO_TRAIN.replace("epochs=12", "epochs=3"),
     ),
     "combined": (
         DEMO_PATCHES + " sampling=balanced",
@@ -336,6 +341,10 @@ def recipe_runs(args):
             json.dump(runs, f, indent=1, default=float)
         os.replace(stored + ".tmp", stored)
 
+    if args.tables:
+        print_recipes(runs, splits, seeds, ["majority", "rf"] + candidates)
+        print_targets(runs, splits, seeds, candidates)
+        return
     session = grass_project(args.work)
     try:
         for split in splits:
@@ -522,6 +531,11 @@ def main():
     )
     parser.add_argument("--seeds", help="seeds of the recipe runs, e.g. 1,2,3")
     parser.add_argument("--splits", help="spatial splits, 0 and/or 1")
+    parser.add_argument(
+        "--tables",
+        action="store_true",
+        help="only print the recipe tables of the runs already in runs.json",
+    )
     args = parser.parse_args()
     if args.candidates or args.seeds or args.splits:
         args.seeds = args.seeds or "1"
