@@ -41,14 +41,17 @@ i.ann.classify -e classified=landcover_rf reference=landclass96_heldout \
     report="$work/report_rf.json" --overwrite
 
 echo "== i.ann.patches (training blocks only)"
+# Seed 3: of the three seeds measured with these settings (README, "The
+# training recipe"), the one whose kappa is the median, so that the demo
+# shows a typical run rather than the best or the worst.
 r.mask --quiet raster=training_blocks
 i.ann.patches --overwrite input="$bands" reference=landclass96 \
-    output="$work/patches" size=32 number=1500 validation=0.2 seed=1
+    output="$work/patches" size=32 number=1500 validation=0.2 seed=3
 r.mask --quiet -r
 
 echo "== i.ann.train"
 i.ann.train --overwrite input="$work/patches" output="$work/model" \
-    architecture=fcn filters=32 epochs=12 batch_size=32 augmentation=dihedral seed=1 \
+    architecture=fcn filters=32 epochs=12 batch_size=32 augmentation=dihedral seed=3 \
     plot="$work/curves.png"
 
 echo "== i.ann.classify: the whole scene, accuracy on the held-out blocks"
