@@ -88,10 +88,9 @@ RECIPES = {
         DEMO_TRAIN + " class_weight=sqrt schedule=cosine monitor=val_macro_f1",
     ),
     "unet": (DEMO_PATCHES, DEMO_TRAIN),
-    "unet_random": (DEMO_PATCHES + " sampling=random", DEMO_TRAIN),
 }
 # The architecture of each recipe (fcn unless named here).
-RECIPE_ARCHITECTURES = {"unet": "unet", "unet_random": "unet"}
+RECIPE_ARCHITECTURES = {"unet": "unet"}
 
 
 def split_maps(split):

@@ -288,7 +288,7 @@ def main(options, flags):
 
 def assess_only(options, flags):
     """The accuracy report of an existing map (-e), its vector map, or both."""
-    from iann.assessment import assess, classes_of_maps
+    from iann.assessment import assess, classes_of_maps, mapped_areas_of
     from iann.grassio import require_rasters
     from iann.vectorise import check_new_vector
 
@@ -298,13 +298,16 @@ def assess_only(options, flags):
     check_new_vector(options["vector"], gs.overwrite())
     if reference is not None:
         truth = reference if isinstance(reference, str) else None
+        # One r.stats pass: the values the map assigns and their areas.
+        mapped = mapped_areas_of(classified)
         assess(
             classified,
             reference,
-            classes_of_maps(classified, truth),
+            classes_of_maps(classified, truth, mapped),
             options["report"],
             options["plot"],
             temporary_maps=TEMPORARY_MAPS,
+            mapped_areas=mapped,
         )
     vector_output(classified, options, flags)
     return 0

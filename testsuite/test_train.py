@@ -6,7 +6,14 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_fails, make_synthetic, read_map, run, run_ok
+from conftest import (
+    assert_fails,
+    make_synthetic,
+    read_map,
+    run,
+    run_ok,
+    train_bundle,
+)
 
 
 def test_bundle_contents(trained_bundle):
@@ -110,15 +117,9 @@ def test_optimizer_is_the_one_asked_for(synthetic_patches, tmp_path):
     }
     weights = {}
     for name in expected:
-        run_ok(
-            "i.ann.train",
-            input=synthetic_patches,
-            output=tmp_path / name,
-            filters=4,
-            epochs=1,
-            batch_size=8,
-            learning_rate=0.01,
-            optimizer=name,
+        # learning_rate 0.01, batch_size 8, seed 1: train_bundle's.
+        train_bundle(
+            synthetic_patches, tmp_path / name, filters=4, epochs=1, optimizer=name
         )
         meta = json.loads((tmp_path / name / "metadata.json").read_text())
         assert meta["training"]["optimizer"] == name

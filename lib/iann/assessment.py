@@ -53,17 +53,18 @@ def describe(reference):
     return _("Vector map <{}> (column <{}>)").format(reference.name, reference.column)
 
 
-def classes_of_maps(classified, reference):
+def classes_of_maps(classified, reference, assigned):
     """Classes (value, label) of a map and its reference, from their categories.
 
-    `reference` is a raster map's name, or None (a vector reference). The
-    classes are the values labelled in either map's categories and every
-    value the classified map assigns in the region; a value without a label
-    is named by its number.
+    `reference` is a raster map's name, or None (a vector reference);
+    `assigned` are the values the classified map assigns in the region
+    (the keys of mapped_areas_of). The classes are the values labelled in
+    either map's categories and every assigned value; a value without a
+    label is named by its number.
     """
     labels = read_categories(reference) if reference else {}
     labels.update(read_categories(classified))
-    for value in mapped_areas_of(classified):
+    for value in assigned:
         labels.setdefault(value, "")
     return [{"value": v, "label": labels[v] or str(v)} for v in sorted(labels)]
 
@@ -106,11 +107,13 @@ def assess(
     plot_file=None,
     model=None,
     temporary_maps=None,
+    mapped_areas=None,
 ):
     """Print the accuracy report; write it as JSON and a plot when asked.
 
     `reference` is the full name of an integer raster map or a
-    VectorReference (see reference_raster).
+    VectorReference (see reference_raster); `mapped_areas` are those of
+    mapped_areas_of(classified), when the caller has them already.
     """
     temporary_maps = [] if temporary_maps is None else temporary_maps
     truth = reference_raster(reference, temporary_maps)
@@ -118,7 +121,9 @@ def assess(
     report = accuracy_report(
         counter,
         classes,
-        mapped_cells=mapped_areas_of(classified),
+        mapped_cells=(
+            mapped_areas_of(classified) if mapped_areas is None else mapped_areas
+        ),
         cell_area=1.0,
     )
     if report is None:

@@ -115,6 +115,8 @@ def prepare(dataset, settings):
     patch_size = int(data_meta["patch_size"])
     if settings.loss not in LOSSES:
         raise IannError(_("Unknown loss <{}>").format(settings.loss))
+    if settings.optimizer not in OPTIMIZERS:
+        raise IannError(_("Unknown optimizer <{}>").format(settings.optimizer))
     if settings.freeze and not settings.pretrained:
         raise IannError(_("freeze= needs a pretrained= model"))
     pretrained_meta = pretrained_model = None
@@ -147,9 +149,7 @@ def prepare(dataset, settings):
             )
         steps = -(-len(arrays["train_images"]) // settings.batch_size)
         model.compile(
-            optimizer=make_optimizer(
-                settings.optimizer, learning_rate(settings, steps)
-            ),
+            optimizer=OPTIMIZERS[settings.optimizer](learning_rate(settings, steps)),
             loss=make_loss(settings.loss, settings.gamma),
             weighted_metrics=["accuracy"],
         )
@@ -166,18 +166,14 @@ def prepare(dataset, settings):
     )
 
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-def make_optimizer(name, rate):
-    """The optimizer called `name` (one of OPTIMIZERS), at `rate`."""
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate=rate)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=0.9, nesterov=True)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=rate)
-    raise IannError(_("Unknown optimizer <{}>").format(name))
+# The optimizers of i.ann.train, each built at a learning rate or schedule.
+OPTIMIZERS = {
+    "adam": lambda rate: keras.optimizers.Adam(learning_rate=rate),
+    "adamw": lambda rate: keras.optimizers.AdamW(learning_rate=rate),
+    "sgd": lambda rate: keras.optimizers.SGD(
+        learning_rate=rate, momentum=0.9, nesterov=True
+    ),
+}
 
 
 def learning_rate(settings, steps_per_epoch):
