@@ -57,40 +57,47 @@ BLOCK = 64
 SPLIT_SEED = 101
 
 # Candidate training recipes: (i.ann.patches options, i.ann.train options);
-# "balanced" is the demo's (demo/chain.sh) with today's defaults, "random"
-# the sampling that was the default before, and the others change one thing
-# of "balanced" each ("combined" several). All keep the demo's budget of
-# patch-epochs (1500 x 12). The seed is added per run.
+# "default" is the demo's (demo/chain.sh) with today's defaults; the others
+# change one thing each ("combined" several). Those measured before the
+# moving average of the weights became the default (ema=0.99) keep ema=0,
+# so that a rerun repeats the stored runs: "balanced" is the default of
+# that time, "random" the sampling that was the default before it. All
+# keep the demo's budget of patch-epochs (1500 x 12). The seed is added
+# per run.
 DEMO_PATCHES = "size=32 number=1500 validation=0.2"
 DEMO_TRAIN = "filters=32 epochs=12 batch_size=32 augmentation=dihedral"
+NO_EMA = DEMO_TRAIN + " ema=0"
 RECIPES = {
-    "random": (DEMO_PATCHES + " sampling=random", DEMO_TRAIN),
-    "balanced": (DEMO_PATCHES + " sampling=balanced", DEMO_TRAIN),
-    "sqrt": (DEMO_PATCHES + " sampling=random", DEMO_TRAIN + " class_weight=sqrt"),
-    "balanced_sqrt": (DEMO_PATCHES, DEMO_TRAIN + " class_weight=sqrt"),
-    "cosine": (DEMO_PATCHES, DEMO_TRAIN + " schedule=cosine"),
-    "macro_f1": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_macro_f1"),
-    "kappa": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_kappa"),
-    "focal": (DEMO_PATCHES, DEMO_TRAIN + " loss=focal"),
-    "batch16": (DEMO_PATCHES, DEMO_TRAIN.replace("batch_size=32", "batch_size=16")),
-    "lr3": (DEMO_PATCHES, DEMO_TRAIN + " learning_rate=0.003"),
-    "adamw": (DEMO_PATCHES, DEMO_TRAIN + " optimizer=adamw"),
+    "default": (DEMO_PATCHES, DEMO_TRAIN),
+    "ema999": (DEMO_PATCHES, DEMO_TRAIN + " ema=0.999"),
+    "unet_default": (DEMO_PATCHES, DEMO_TRAIN),
+    "random": (DEMO_PATCHES + " sampling=random", NO_EMA),
+    "balanced": (DEMO_PATCHES + " sampling=balanced", NO_EMA),
+    "sqrt": (DEMO_PATCHES + " sampling=random", NO_EMA + " class_weight=sqrt"),
+    "balanced_sqrt": (DEMO_PATCHES, NO_EMA + " class_weight=sqrt"),
+    "cosine": (DEMO_PATCHES, NO_EMA + " schedule=cosine"),
+    "macro_f1": (DEMO_PATCHES, NO_EMA + " monitor=val_macro_f1"),
+    "kappa": (DEMO_PATCHES, NO_EMA + " monitor=val_kappa"),
+    "focal": (DEMO_PATCHES, NO_EMA + " loss=focal"),
+    "batch16": (DEMO_PATCHES, NO_EMA.replace("batch_size=32", "batch_size=16")),
+    "lr3": (DEMO_PATCHES, NO_EMA + " learning_rate=0.003"),
+    "adamw": (DEMO_PATCHES, NO_EMA + " optimizer=adamw"),
     "patches3000": (
         DEMO_PATCHES.replace("number=1500", "number=3000"),
-        DEMO_TRAIN.replace("epochs=12", "epochs=6"),
+        NO_EMA.replace("epochs=12", "epochs=6"),
     ),
     "patches6000": (
         DEMO_PATCHES.replace("number=1500", "number=6000"),
-        DEMO_TRAIN.replace("epochs=12", "epochs=3"),
+        NO_EMA.replace("epochs=12", "epochs=3"),
     ),
     "combined": (
         DEMO_PATCHES + " sampling=balanced",
-        DEMO_TRAIN + " class_weight=sqrt schedule=cosine monitor=val_macro_f1",
+        NO_EMA + " class_weight=sqrt schedule=cosine monitor=val_macro_f1",
     ),
-    "unet": (DEMO_PATCHES, DEMO_TRAIN),
+    "unet": (DEMO_PATCHES, NO_EMA),
 }
 # The architecture of each recipe (fcn unless named here).
-RECIPE_ARCHITECTURES = {"unet": "unet"}
+RECIPE_ARCHITECTURES = {"unet": "unet", "unet_default": "unet"}
 
 
 def split_maps(split):
@@ -324,15 +331,22 @@ def recipe_runs(args):
     """Each candidate recipe and the random forest per seed on each split."""
     seeds = [int(s) for s in args.seeds.split(",")]
     splits = [int(s) for s in args.splits.split(",")]
-    candidates = [c for c in (args.candidates or "balanced").split(",") if c]
-    unknown = [c for c in candidates if c not in RECIPES]
-    if unknown:
-        sys.exit("unknown candidates: {} (known: {})".format(unknown, list(RECIPES)))
     stored = os.path.join(args.work, "runs.json")
     runs = {}
     if os.path.exists(stored):
         with open(stored) as f:
             runs = json.load(f)
+    if args.candidates:
+        candidates = [c for c in args.candidates.split(",") if c]
+    elif args.tables:
+        # Every recipe with stored runs, in the order of RECIPES.
+        stored_names = {key.split("/")[1] for key in runs}
+        candidates = [c for c in RECIPES if c in stored_names]
+    else:
+        candidates = ["default"]
+    unknown = [c for c in candidates if c not in RECIPES]
+    if unknown:
+        sys.exit("unknown candidates: {} (known: {})".format(unknown, list(RECIPES)))
 
     def keep(key, result):
         runs[key] = result
@@ -536,9 +550,9 @@ def main():
         help="only print the recipe tables of the runs already in runs.json",
     )
     args = parser.parse_args()
-    if args.candidates or args.seeds or args.splits:
-        args.seeds = args.seeds or "1"
-        args.splits = args.splits or "0"
+    if args.candidates or args.seeds or args.splits or args.tables:
+        args.seeds = args.seeds or ("1,2,3" if args.tables else "1")
+        args.splits = args.splits or ("0,1" if args.tables else "0")
         os.makedirs(args.work, exist_ok=True)
         recipe_runs(args)
         return

@@ -177,6 +177,15 @@
 # % guisection: Training
 # %end
 # %option
+# % key: ema
+# % type: double
+# % required: no
+# % answer: 0.99
+# % label: Momentum of the moving average of the weights that is kept (0: none)
+# % description: Each step adds 1 - ema of the new weights to the average; validation, the kept epoch and the bundle use the average
+# % guisection: Training
+# %end
+# %option
 # % key: monitor
 # % type: string
 # % required: no
@@ -298,6 +307,7 @@ def training_settings(options, flags):
         gamma=float(options["gamma"]),
         class_weight=options["class_weight"],
         augment=options["augmentation"] == "dihedral",
+        ema=float(options["ema"]),
         patience=int(options["patience"]),
         monitor=options["monitor"],
         seed=int(options["seed"]),

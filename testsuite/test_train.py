@@ -137,6 +137,42 @@ def test_optimizer_is_the_one_asked_for(synthetic_patches, tmp_path):
     assert not np.allclose(weights["adam"], weights["sgd"])
 
 
+def test_kept_weights_are_the_moving_average(synthetic_patches, tmp_path):
+    import keras
+
+    from iann.models import build_model
+
+    moved = {}
+    for name, ema in (("plain", 0), ("slow", 0.999999), ("default", 0.99)):
+        # learning_rate 0.01, batch_size 8, seed 1: train_bundle's.
+        train_bundle(synthetic_patches, tmp_path / name, filters=4, epochs=2, ema=ema)
+        meta = json.loads((tmp_path / name / "metadata.json").read_text())
+        assert meta["training"]["ema"] == ema
+        model = keras.saving.load_model(tmp_path / name / "model.keras")
+        # The oracle: the network as seed 1 built it, before any step. An
+        # average whose momentum is all but 1 stays at the weights after the
+        # first step (Keras starts the average there), and a first Adam step
+        # moves each weight by at most the learning rate.
+        keras.utils.set_random_seed(1)
+        initial = build_model(
+            meta["architecture"],
+            (None, None, len(meta["bands"])),
+            len(meta["classes"]),
+            **meta["parameters"],
+        )
+        moved[name] = max(
+            float(np.abs(a.numpy() - b.numpy()).max())
+            for a, b in zip(model.trainable_weights, initial.trainable_weights)
+        )
+    assert 0 < moved["slow"] <= 0.0101, moved
+    assert moved["plain"] > 0.05, moved
+    plain, average = (
+        keras.saving.load_model(tmp_path / name / "model.keras").get_weights()
+        for name in ("plain", "default")
+    )
+    assert not all(np.allclose(a, b) for a, b in zip(plain, average))
+
+
 def test_validation_metrics_per_epoch_and_monitor(synthetic_patches, tmp_path):
     import keras
     from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
@@ -255,6 +291,14 @@ def test_bad_input(mapset, tmp_path, trained_bundle):
         "overwrite",
     )
     assert list(existing.iterdir()) == []
+
+    for ema in (1, -0.5):
+        assert_fails(
+            run("i.ann.train", input=tmp_path / "p", output=tmp_path / "m", ema=ema),
+            "ema=",
+            "below 1",
+        )
+    assert not (tmp_path / "m").exists()
 
 
 UNSAVEABLE = """

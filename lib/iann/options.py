@@ -34,6 +34,7 @@ class TrainingSettings:
     gamma: float = 2.0
     class_weight: str = "none"
     augment: bool = True
+    ema: float = 0.99
     patience: int = 0
     monitor: str = "val_loss"
     seed: int = 1

@@ -119,6 +119,10 @@ def prepare(dataset, settings):
         raise IannError(_("Unknown optimizer <{}>").format(settings.optimizer))
     if settings.freeze and not settings.pretrained:
         raise IannError(_("freeze= needs a pretrained= model"))
+    if not 0 <= settings.ema < 1:
+        raise IannError(
+            _("ema= must be at least 0 and below 1, not {}").format(settings.ema)
+        )
     pretrained_meta = pretrained_model = None
     if settings.pretrained:
         pretrained_meta, pretrained_model, architecture, params = pretrained_network(
@@ -149,7 +153,9 @@ def prepare(dataset, settings):
             )
         steps = -(-len(arrays["train_images"]) // settings.batch_size)
         model.compile(
-            optimizer=OPTIMIZERS[settings.optimizer](learning_rate(settings, steps)),
+            optimizer=OPTIMIZERS[settings.optimizer](
+                learning_rate(settings, steps), **weight_averaging(settings)
+            ),
             loss=make_loss(settings.loss, settings.gamma),
             weighted_metrics=["accuracy"],
         )
@@ -168,12 +174,19 @@ def prepare(dataset, settings):
 
 # The optimizers of i.ann.train, each built at a learning rate or schedule.
 OPTIMIZERS = {
-    "adam": lambda rate: keras.optimizers.Adam(learning_rate=rate),
-    "adamw": lambda rate: keras.optimizers.AdamW(learning_rate=rate),
-    "sgd": lambda rate: keras.optimizers.SGD(
-        learning_rate=rate, momentum=0.9, nesterov=True
+    "adam": lambda rate, **ema: keras.optimizers.Adam(learning_rate=rate, **ema),
+    "adamw": lambda rate, **ema: keras.optimizers.AdamW(learning_rate=rate, **ema),
+    "sgd": lambda rate, **ema: keras.optimizers.SGD(
+        learning_rate=rate, momentum=0.9, nesterov=True, **ema
     ),
 }
+
+
+def weight_averaging(settings):
+    """The optimizer's arguments for an average of the weights (or none)."""
+    if not settings.ema:
+        return {}
+    return {"use_ema": True, "ema_momentum": settings.ema}
 
 
 def learning_rate(settings, steps_per_epoch):
@@ -284,6 +297,8 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
             )
         )
     callbacks = [EpochOrder(train_data), MallocTuning()]
+    if settings.ema:
+        callbacks.insert(0, averaged_weights_at_epoch_end(resumed=state is not None))
     if validation_data is not None:
         callbacks.append(
             ValidationMetrics(
@@ -311,6 +326,20 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
             callbacks=callbacks,
         )
     return progress
+
+
+def averaged_weights_at_epoch_end(resumed):
+    """Keras's swap of the averaged weights into the model between epochs.
+
+    First among the callbacks, so that the validation figures, the kept
+    epoch and the checkpoint see the averaged weights; each epoch trains
+    on from the optimizer's own. A checkpoint holds the averaged weights
+    as the model's (and the optimizer's own in the average's place): the
+    swap of a resumed run starts from there.
+    """
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    swap._ema_weights_in_model = resumed
+    return swap
 
 
 def train(dataset, settings=None, checkpoint=None, resume=False):
@@ -403,6 +432,7 @@ def bundle_metadata(
             "class_weight": settings.class_weight,
             "class_weights": class_weights.tolist(),
             "augment": settings.augment,
+            "ema": settings.ema,
             "patience": settings.patience,
             "seed": settings.seed,
             "precision": settings.precision,
