@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Peak memory and time of ONNX Runtime's CPU arena: doubling or exact growth.
+
+An untrained network (speed and memory do not depend on weights) is saved
+as a bundle with its model.onnx; then, each in a fresh process, ONNX
+Runtime runs it on four tiles of about TILE cells (three shapes, as a job's
+edge tiles come in), once with the arena's default growth (doubling) and
+once with i.ann's engine (engines.OnnxRuntimeEngine: the arena grows by the
+request). Printed: seconds, peak resident set of the process and the
+ratios against the default arena (the baseline, 1.00).
+
+Run: python3 bench/bench_onnx_arena.py [--network fcn-64] [--tile 1100]
+     [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common import REPO, print_table
+
+sys.path.insert(0, os.path.join(REPO, "lib"))
+
+SHAPES = ((0, 0), (0, -200), (-300, 0), (0, 0))
+
+
+def one_run(path, arena, tile, threads):
+    """Seconds and peak RSS (bytes) of this process, printed as JSON."""
+    import onnxruntime
+
+    if arena == "exact":
+        from iann.engines import OnnxRuntimeEngine
+
+        session = OnnxRuntimeEngine(path, threads).session
+    else:
+        # The engine's options less the exact arena.
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.enable_mem_pattern = False
+        session = onnxruntime.InferenceSession(
+            path, options, providers=["CPUExecutionProvider"]
+        )
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    bands = session.get_inputs()[0].shape[1]
+    start = time.perf_counter()
+    for rows, cols in SHAPES:
+        x = rng.normal(size=(1, bands, tile + rows, tile + cols)).astype(np.float32)
+        session.run(None, {name: x})
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak": peak}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="fcn-64")
+    parser.add_argument("--tile", type=int, default=1100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        one_run(args.run[0], args.run[1], args.tile, args.threads)
+        return
+    from bench_classify import make_bundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = os.path.join(tmp, args.network)
+        make_bundle(bundle, args.network)
+        path = os.path.join(bundle, "model.onnx")
+        rows, base = [], None
+        for arena in ("default", "exact", "default", "exact"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--run", path, arena]
+                + ["--tile", str(args.tile), "--threads", str(args.threads)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            base = base or result
+            rows.append(
+                [
+                    arena,
+                    "{:.1f}".format(result["seconds"]),
+                    "{:.0f}".format(result["peak"] / 2**20),
+                    "{:.2f}".format(base["seconds"] / result["seconds"]),
+                    "{:.2f}".format(result["peak"] / base["peak"]),
+                ]
+            )
+    print(
+        "\n{}, 4 tiles of about {} cells, {} threads\n".format(
+            args.network, args.tile, args.threads
+        )
+    )
+    print_table(["arena", "seconds", "peak RSS (MB)", "x speed", "x peak"], rows)
+
+
+if __name__ == "__main__":
+    main()
