@@ -2,10 +2,13 @@
 
 Patches come from three quarters of the scene (blocks of 64 x 64 cells,
 under a MASK), the map is assessed on the held-out quarter. With the
-modules' default settings (a shorter training) the network must beat a
-200-tree random forest on single pixels, trained on the same blocks (the
-classical approach of r.learn.ml2, as the demo runs it), on the same
-held-out cells, in kappa and in macro F1.
+demo's settings (demo/chain.sh: the modules' defaults but for 1500 patches,
+12 epochs and seed 3) the network must beat a 200-tree random forest on
+single pixels, trained on the same blocks (the classical approach of
+r.learn.ml2, as the demo runs it), on the same held-out cells, in kappa
+and in macro F1. Seed 3 is the demo's (the median of three seeds, chosen
+before this test asserted macro F1); the budget, 18,000 patch-epochs, is
+about that of the defaults with 8 epochs (16,000).
 """
 
 import json
@@ -21,7 +24,9 @@ from conftest import REPO, read_map, run_ok
 
 BANDS = ",".join("lsat7_2000_{}".format(b) for b in (10, 20, 30, 40, 50, 70))
 HELD_OUT = "(int((row() - 1) / 64) * 7 + int((col() - 1) / 64) * 3) % 4 == 0"
-EPOCHS = 8  # the default is 20; the test keeps CI short
+# demo/chain.sh's settings (the defaults train 2000 patches for 20 epochs).
+PATCHES = dict(size=32, number=1500, validation=0.2, seed=3)
+TRAINING = dict(epochs=12, seed=3)
 
 
 def random_forest_report(tmp_path):
@@ -71,6 +76,7 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
         input=BANDS,
         reference="landclass96",
         output=tmp_path / "patches",
+        **PATCHES,
     )
     gs.run_command("r.mask", flags="r", quiet=True)
     meta = json.loads((tmp_path / "patches" / "metadata.json").read_text())
@@ -87,7 +93,7 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
         "i.ann.train",
         input=tmp_path / "patches",
         output=tmp_path / "model",
-        epochs=EPOCHS,
+        **TRAINING,
     )
     result = run_ok(
         "i.ann.classify",

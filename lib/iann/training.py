@@ -108,6 +108,10 @@ def prepare(dataset, settings):
     With a pretrained bundle, its network is built and its weights copied
     (the classifier class by class) and the `freeze` layers fixed.
     """
+    if not 0 <= settings.ema < 1:
+        raise IannError(
+            _("ema= must be at least 0 and below 1, not {}").format(settings.ema)
+        )
     data_meta, arrays = load_dataset(dataset)
     band_indices = select_bands(settings.bands, data_meta["bands"])
     n_bands = len(band_indices)
@@ -119,10 +123,6 @@ def prepare(dataset, settings):
         raise IannError(_("Unknown optimizer <{}>").format(settings.optimizer))
     if settings.freeze and not settings.pretrained:
         raise IannError(_("freeze= needs a pretrained= model"))
-    if not 0 <= settings.ema < 1:
-        raise IannError(
-            _("ema= must be at least 0 and below 1, not {}").format(settings.ema)
-        )
     pretrained_meta = pretrained_model = None
     if settings.pretrained:
         pretrained_meta, pretrained_model, architecture, params = pretrained_network(
@@ -333,11 +333,15 @@ def averaged_weights_at_epoch_end(resumed):
 
     First among the callbacks, so that the validation figures, the kept
     epoch and the checkpoint see the averaged weights; each epoch trains
-    on from the optimizer's own. A checkpoint holds the averaged weights
-    as the model's (and the optimizer's own in the average's place): the
-    swap of a resumed run starts from there.
+    on from the weights of its last step. A checkpoint holds the averaged
+    weights as the model's (and the last step's in the average's place):
+    the swap of a resumed run starts from there. After the last epoch Keras
+    puts the average in both places: a run resumed from that checkpoint
+    with more epochs trains on from the average.
     """
     swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    # Keras (3.3 and later) has no public way to say where the averaged
+    # weights are: its own flag tells the swap of the first epoch.
     swap._ema_weights_in_model = resumed
     return swap
 
