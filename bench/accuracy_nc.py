@@ -58,12 +58,12 @@ SPLIT_SEED = 101
 
 # Candidate training recipes: (i.ann.patches options, i.ann.train options);
 # "default" is the demo's (demo/chain.sh) with today's defaults; the others
-# change one thing each ("combined" several). Those measured before the
-# moving average of the weights became the default (ema=0.99) keep ema=0,
-# so that a rerun repeats the stored runs: "balanced" is the default of
-# that time, "random" the sampling that was the default before it. All
-# keep the demo's budget of patch-epochs (1500 x 12). The seed is added
-# per run.
+# change one thing each ("combined" several). Those with NO_EMA were
+# measured before the moving average of the weights became the default
+# (ema=0.99) and keep ema=0, so that a rerun repeats the stored runs:
+# "balanced" is the default of that time, "random" the sampling that was
+# the default before it. All keep the demo's budget of patch-epochs
+# (1500 x 12). The seed is added per run.
 DEMO_PATCHES = "size=32 number=1500 validation=0.2"
 DEMO_TRAIN = "filters=32 epochs=12 batch_size=32 augmentation=dihedral"
 NO_EMA = DEMO_TRAIN + " ema=0"
@@ -71,16 +71,16 @@ RECIPES = {
     "default": (DEMO_PATCHES, DEMO_TRAIN),
     "ema999": (DEMO_PATCHES, DEMO_TRAIN + " ema=0.999"),
     "unet_default": (DEMO_PATCHES, DEMO_TRAIN),
+    "focal": (DEMO_PATCHES, DEMO_TRAIN + " loss=focal"),
+    "lr3": (DEMO_PATCHES, DEMO_TRAIN + " learning_rate=0.003"),
+    "kappa": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_kappa"),
     "random": (DEMO_PATCHES + " sampling=random", NO_EMA),
     "balanced": (DEMO_PATCHES + " sampling=balanced", NO_EMA),
     "sqrt": (DEMO_PATCHES + " sampling=random", NO_EMA + " class_weight=sqrt"),
     "balanced_sqrt": (DEMO_PATCHES, NO_EMA + " class_weight=sqrt"),
     "cosine": (DEMO_PATCHES, NO_EMA + " schedule=cosine"),
     "macro_f1": (DEMO_PATCHES, NO_EMA + " monitor=val_macro_f1"),
-    "kappa": (DEMO_PATCHES, NO_EMA + " monitor=val_kappa"),
-    "focal": (DEMO_PATCHES, NO_EMA + " loss=focal"),
     "batch16": (DEMO_PATCHES, NO_EMA.replace("batch_size=32", "batch_size=16")),
-    "lr3": (DEMO_PATCHES, NO_EMA + " learning_rate=0.003"),
     "adamw": (DEMO_PATCHES, NO_EMA + " optimizer=adamw"),
     "patches3000": (
         DEMO_PATCHES.replace("number=1500", "number=3000"),

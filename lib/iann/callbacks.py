@@ -103,11 +103,12 @@ class GrassProgress(keras.callbacks.Callback):
                 )
                 self.stopped_early = True
                 self.model.stop_training = True
-                if self.best_weights is None:
-                    # No epoch had a figure to keep (NaN loss): keep this
-                    # one's weights, the averaged ones with ema=, which
-                    # Keras would replace by the last step's at the end.
-                    self.best_weights = self.model.get_weights()
+        last = epoch + 1 >= self.epochs or self.model.stop_training
+        if last and self.best_weights is None:
+            # No epoch had a figure to keep (NaN loss): keep this one's
+            # weights, the averaged ones with ema= (at the end of fit Keras
+            # puts the last step's back into the model).
+            self.best_weights = self.model.get_weights()
 
 
 class MallocTuning(keras.callbacks.Callback):

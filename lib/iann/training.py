@@ -298,7 +298,7 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
         )
     callbacks = [EpochOrder(train_data), MallocTuning()]
     if settings.ema:
-        callbacks.insert(0, averaged_weights_at_epoch_end(resumed=state is not None))
+        callbacks.insert(0, AveragedWeights(resumed=state is not None))
     if validation_data is not None:
         callbacks.append(
             ValidationMetrics(
@@ -328,22 +328,31 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
     return progress
 
 
-def averaged_weights_at_epoch_end(resumed):
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
     """Keras's swap of the averaged weights into the model between epochs.
 
     First among the callbacks, so that the validation figures, the kept
-    epoch and the checkpoint see the averaged weights; each epoch trains
-    on from the weights of its last step. A checkpoint holds the averaged
-    weights as the model's (and the last step's in the average's place):
-    the swap of a resumed run starts from there. After the last epoch Keras
-    puts the average in both places: a run resumed from that checkpoint
-    with more epochs trains on from the average.
+    epoch (GrassProgress keeps its weights) and the checkpoint see the
+    averaged weights; each epoch trains on from the weights of its last
+    step. A checkpoint holds the averaged weights as the model's and the
+    last step's in the average's place: the swap of a resumed run starts
+    from there.
     """
-    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
-    # Keras (3.3 and later) has no public way to say where the averaged
-    # weights are: its own flag tells the swap of the first epoch.
-    swap._ema_weights_in_model = resumed
-    return swap
+
+    def __init__(self, resumed):
+        super().__init__(swap_on_epoch=True)
+        # Keras (3.3 and later) has no public way to say where the averaged
+        # weights are: its own flag tells the swap of the first epoch.
+        self._ema_weights_in_model = resumed
+
+    def _finalize_ema_values(self):
+        # Keras copies the average into its own slot after the last epoch,
+        # for fit's end to put it back into the model. Under JAX the two
+        # variables then share one buffer, which the validation figures'
+        # predict consumes ("Array has been deleted"). The bundle takes the
+        # kept epoch's weights from GrassProgress instead, and a checkpoint
+        # of the last epoch stays one to resume from.
+        pass
 
 
 def train(dataset, settings=None, checkpoint=None, resume=False):
