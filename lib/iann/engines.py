@@ -16,7 +16,6 @@ or stale model.onnx falls back to Keras with a warning, never a wrong map.
 
 import importlib
 import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,37 +42,6 @@ class KerasEngine:
         return np.asarray(out, dtype=np.float32)
 
 
-_ARENA_LOCK = threading.Lock()
-
-
-def register_exact_arena(onnxruntime):
-    """Make ONNX Runtime's CPU arena grow by what is asked; True when it does.
-
-    By default the arena doubles each time it grows: for fcn-64 on tiles of
-    about 1100 cells its peak was 3.2 GB, against 2.6 GB growing by the
-    request, no slower (bench/bench_onnx_arena.py, README "Speed and
-    memory"). The arena is registered once per process and shared by its
-    sessions (session.use_env_allocators), so it lives as long as the
-    process. Where registering fails, sessions keep their own arenas.
-    """
-    with _ARENA_LOCK:
-        if getattr(register_exact_arena, "done", None) is None:
-            memory = onnxruntime.OrtMemoryInfo(
-                "Cpu",
-                onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR,
-                0,
-                onnxruntime.OrtMemType.DEFAULT,
-            )
-            arena = onnxruntime.OrtArenaCfg({"arena_extend_strategy": 1})
-            try:
-                onnxruntime.create_and_register_allocator(memory, arena)
-                register_exact_arena.done = True
-            except Exception as error:  # any failure: sessions keep their own
-                # Another library of this process may have registered one.
-                register_exact_arena.done = "already" in str(error).lower()
-        return register_exact_arena.done
-
-
 class OnnxRuntimeEngine:
     """model.onnx in ONNX Runtime, with `threads` threads for each tile."""
 
@@ -91,8 +59,6 @@ class OnnxRuntimeEngine:
         # in several (edges, margins): without them the module's peak fell
         # from 3.6 GB to 1.9 GB for fcn-32 on 1074-cell tiles, no slower.
         options.enable_mem_pattern = False
-        if register_exact_arena(onnxruntime):
-            options.add_session_config_entry("session.use_env_allocators", "1")
         self.session = onnxruntime.InferenceSession(
             path, options, providers=["CPUExecutionProvider"]
         )
