@@ -72,6 +72,7 @@ RECIPES = {
     "ema999": (DEMO_PATCHES, DEMO_TRAIN + " ema=0.999"),
     "unet_default": (DEMO_PATCHES, DEMO_TRAIN),
     "focal": (DEMO_PATCHES, DEMO_TRAIN + " loss=focal"),
+    "weights_balanced": (DEMO_PATCHES, DEMO_TRAIN + " class_weight=balanced"),
     "lr3": (DEMO_PATCHES, DEMO_TRAIN + " learning_rate=0.003"),
     "kappa": (DEMO_PATCHES, DEMO_TRAIN + " monitor=val_kappa"),
     "random": (DEMO_PATCHES + " sampling=random", NO_EMA),
