@@ -153,9 +153,7 @@ def prepare(dataset, settings):
             )
         steps = -(-len(arrays["train_images"]) // settings.batch_size)
         model.compile(
-            optimizer=OPTIMIZERS[settings.optimizer](
-                learning_rate(settings, steps), **weight_averaging(settings)
-            ),
+            optimizer=make_optimizer(settings, learning_rate(settings, steps)),
             loss=make_loss(settings.loss, settings.gamma),
             weighted_metrics=["accuracy"],
         )
@@ -172,21 +170,23 @@ def prepare(dataset, settings):
     )
 
 
-# The optimizers of i.ann.train, each built at a learning rate or schedule.
+# The optimizers of i.ann.train: the Keras class and its own options.
 OPTIMIZERS = {
-    "adam": lambda rate, **ema: keras.optimizers.Adam(learning_rate=rate, **ema),
-    "adamw": lambda rate, **ema: keras.optimizers.AdamW(learning_rate=rate, **ema),
-    "sgd": lambda rate, **ema: keras.optimizers.SGD(
-        learning_rate=rate, momentum=0.9, nesterov=True, **ema
-    ),
+    "adam": (keras.optimizers.Adam, {}),
+    "adamw": (keras.optimizers.AdamW, {}),
+    "sgd": (keras.optimizers.SGD, {"momentum": 0.9, "nesterov": True}),
 }
 
 
-def weight_averaging(settings):
-    """The optimizer's arguments for an average of the weights (or none)."""
-    if not settings.ema:
-        return {}
-    return {"use_ema": True, "ema_momentum": settings.ema}
+def make_optimizer(settings, rate):
+    """The optimizer of `settings` at a learning rate or schedule.
+
+    With ema=, it keeps the moving average of the weights.
+    """
+    kind, options = OPTIMIZERS[settings.optimizer]
+    if settings.ema:
+        options = dict(options, use_ema=True, ema_momentum=settings.ema)
+    return kind(learning_rate=rate, **options)
 
 
 def learning_rate(settings, steps_per_epoch):
