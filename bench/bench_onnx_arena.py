@@ -43,7 +43,7 @@ def one_run(path, arena, tile, threads):
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.enable_mem_pattern = False
-    if arena == "exact":
+    if arena.startswith("exact"):
         memory = onnxruntime.OrtMemoryInfo(
             "Cpu",
             onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR,
@@ -54,16 +54,23 @@ def one_run(path, arena, tile, threads):
             memory, onnxruntime.OrtArenaCfg({"arena_extend_strategy": 1})
         )
         options.add_session_config_entry("session.use_env_allocators", "1")
+    if arena == "off":
+        options.enable_cpu_mem_arena = False
     session = onnxruntime.InferenceSession(
         path, options, providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
+    run_options = onnxruntime.RunOptions()
+    if arena.endswith("shrink"):
+        run_options.add_run_config_entry(
+            "memory.enable_memory_arena_shrinkage", "cpu:0"
+        )
     rng = np.random.default_rng(0)
     bands = session.get_inputs()[0].shape[1]
     start = time.perf_counter()
     for rows, cols in SHAPES:
         x = rng.normal(size=(1, bands, tile + rows, tile + cols)).astype(np.float32)
-        session.run(None, {name: x})
+        session.run(None, {name: x}, run_options)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"seconds": seconds, "peak": peak}))
@@ -74,6 +81,7 @@ def main():
     parser.add_argument("--network", default="fcn-64")
     parser.add_argument("--tile", type=int, default=1100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arenas", nargs="+", default=["default", "exact", "off"])
     parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -86,7 +94,7 @@ def main():
         make_bundle(bundle, args.network)
         path = os.path.join(bundle, "model.onnx")
         rows, base = [], None
-        for arena in ("default", "exact", "default", "exact"):
+        for arena in args.arenas * 2:
             out = subprocess.run(
                 [sys.executable, __file__, "--run", path, arena]
                 + ["--tile", str(args.tile), "--threads", str(args.threads)],

@@ -584,5 +584,51 @@ def test_library_pipeline_from_arrays_equals_grass(mapset, trained_bundle):
     np.testing.assert_allclose(sink.uncertainty, read_map("module_u"), atol=1e-5)
 
 
+def test_pipeline_holds_one_tile_at_a_time(trained_bundle):
+    """A row of tiles goes to the network tile by tile, not all at once.
+
+    Oracle: the sizes of the arrays, from their shapes. One row of 8
+    tiles: the band rows read, the class row written, and at most a few
+    tiles' inputs and probabilities may be alive at the peak; holding the
+    whole row's tiles (as the pipeline once did) would exceed that.
+    """
+    import json
+    import tracemalloc
+
+    from iann.engines import load_engine
+    from iann.pipeline import ArraySink, ArraySource, PredictionSettings, classify_block
+    from iann.tiling import block_grid
+
+    metadata = json.loads((trained_bundle / "metadata.json").read_text())
+    engine = load_engine(str(trained_bundle), metadata, "keras")
+    margin, tile, n_tiles, n_bands, n_classes = metadata["margin"], 64, 16, 2, 3
+    rows, cols = tile, tile * n_tiles
+    stack = np.random.default_rng(0).normal(size=(n_bands, rows, cols))
+    stack = stack.astype(np.float32)
+    settings = PredictionSettings(
+        mean=np.zeros(n_bands, np.float32),
+        std=np.ones(n_bands, np.float32),
+        values=(11, 21, 31),
+        margin=margin,
+    )
+    sink = ArraySink(rows, cols, n_classes)
+    (block,) = block_grid(rows, cols, cols, margin)
+    # The shapes of the edge and inner tiles, run once before measuring.
+    for width in (tile + margin, tile + 2 * margin):
+        engine.predict(np.zeros((1, rows, width, n_bands), np.float32))
+    tracemalloc.start()
+    try:
+        classify_block(engine, settings, ArraySource(stack), sink, block, tile)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (sink.classes != np.iinfo(np.int32).min).all()
+    strip = n_bands * rows * cols * 4
+    class_row = rows * cols * 4
+    # A tile with its margins on both sides: input bands and probabilities.
+    one_tile = rows * (tile + 2 * margin) * (n_bands + n_classes) * 4
+    assert peak < strip + class_row + 5 * one_tile, (peak, strip, one_tile)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
