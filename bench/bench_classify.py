@@ -20,6 +20,9 @@ model.onnx takes to export, for each network.
 
 Run: python3 bench/bench_classify.py [--size 4000] [--tile-size 1024]
      [--networks fcn-32,fcn-64,unet-32] [--block-size 2048] [--no-blocks]
+     [--repeat 1]
+(`--networks ""` runs the block path alone; `--repeat N` runs it N times,
+its runs in turn, and prints the median and the range of each.)
 """
 
 import argparse
@@ -210,6 +213,12 @@ def main():
     parser.add_argument("--networks", default="fcn-32,fcn-64,unet-32")
     parser.add_argument("--block-size", type=int, default=2048)
     parser.add_argument("--no-blocks", action="store_true")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the block path, its runs interleaved (median, range)",
+    )
     args = parser.parse_args()
     threads = len(os.sched_getaffinity(0))
     cells = args.size**2
@@ -227,7 +236,7 @@ def main():
             np.moveaxis(read_band_stack(bands), 0, -1) / np.float32(100.0),
             dtype=np.float32,
         )
-        for network in args.networks.split(","):
+        for network in [n for n in args.networks.split(",") if n]:
             bundle = os.path.join(tmp, network)
             model, metadata = make_bundle(bundle, network)
             exports.append(
@@ -265,7 +274,6 @@ def main():
             bundle = os.path.join(tmp, "fcn-32")
             if not os.path.isdir(bundle):
                 make_bundle(bundle, "fcn-32")
-            one = None
             runs = [
                 ("1 process, one block", {"block_size": 8192}),
                 (
@@ -278,27 +286,38 @@ def main():
                     {"block_size": args.block_size, "nprocs": 2},
                 ),
             ]
-            for label, options in runs:
-                if label.startswith("1 Dask"):
-                    with OneWorkerCluster() as cluster:
-                        options = dict(options, scheduler=cluster.address)
+            # Rounds of every run in turn: a slower spell of a shared
+            # machine falls on all of them, not on one.
+            measured = {label: [] for label, _options in runs}
+            for _round in range(args.repeat):
+                for label, options in runs:
+                    if label.startswith("1 Dask"):
+                        with OneWorkerCluster() as cluster:
+                            options = dict(options, scheduler=cluster.address)
+                            seconds, peak, messages = run_module(
+                                bundle, bands, tile_size=args.tile_size, **options
+                            )
+                    else:
                         seconds, peak, messages = run_module(
                             bundle, bands, tile_size=args.tile_size, **options
                         )
-                else:
-                    seconds, peak, messages = run_module(
-                        bundle, bands, tile_size=args.tile_size, **options
-                    )
-                one = one or seconds
+                    measured[label].append((seconds, peak, messages))
+                    show([label, "{:.1f}".format(seconds)])
+            one = float(np.median([m[0] for m in measured[runs[0][0]]]))
+            for label, _options in runs:
+                times = [m[0] for m in measured[label]]
+                seconds = float(np.median(times))
+                peak = max(m[1] for m in measured[label])
+                messages = measured[label][-1][2]
                 row = [
                     label,
                     "{:.1f}".format(seconds),
+                    "{:.1f}-{:.1f}".format(min(times), max(times)),
                     "{:.0f}".format(cells / seconds),
                 ]
                 row += ["{:.2f}".format(one / seconds), "{:.0f}".format(peak / 2**20)]
                 row += [worker_peak(messages) or "", engine_line(messages)]
                 block_rows.append(row)
-                show(row)
     title = "\nEngines, {} region, 5 bands, 7 classes, tiles of {} cells, {} cores\n"
     print(title.format(shape, args.tile_size, threads))
     print_table(
@@ -308,11 +327,15 @@ def main():
     print("\nSeconds to export model.onnx (at the end of training)\n")
     print_table(["network", "seconds"], exports)
     if block_rows:
-        print("\nBlock path, fcn-32, engine=auto, {} region\n".format(shape))
+        print(
+            "\nBlock path, fcn-32, engine=auto, {} region, median of {} "
+            "rounds\n".format(shape, args.repeat)
+        )
         print_table(
             [
                 "run",
                 "seconds",
+                "range",
                 "cells/s",
                 "x 1 process, one block",
                 "peak RSS, any process (MB)",

@@ -206,6 +206,31 @@ def assert_same_maps(a, b, label=""):
     assert_classified(a[0])
 
 
+def fresh_pages_probe():
+    """A function for Dask workers: page faults of a reused 16 MiB buffer.
+
+    Oracle: the kernel's count of the calling thread's minor page faults.
+    A buffer allocated, filled and freed a third time comes from glibc's
+    heap, already paged in, unless the mmap threshold is frozen (a Dask
+    nanny freezes it at 128 KiB): then it is mapped and zero-filled afresh,
+    at least 8 faults even with 2 MiB pages. Nested, so that Dask pickles
+    it by value (the workers cannot import this file).
+    """
+
+    def faults_of_a_reused_buffer():
+        import resource
+
+        import numpy as np
+
+        for _ in range(2):
+            np.ones(1 << 22, np.float32)
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        np.ones(1 << 22, np.float32)
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+    return faults_of_a_reused_buffer
+
+
 @pytest.mark.parametrize("architecture", ["fcn", "unet"])
 def test_processes_and_cluster_equal_one_process(
     mapset, request, dask_cluster, architecture
@@ -216,6 +241,12 @@ def test_processes_and_cluster_equal_one_process(
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=61, cols=83)
     gs.mapcalc("segs = int((row() - 1) / 7) * 100 + int((col() - 1) / 9)", quiet=True)
+    from distributed import Client
+
+    with Client(dask_cluster["address"], timeout=10) as client:
+        # The nanny's setting holds in fresh workers: the check below means
+        # something.
+        assert min(client.run(fresh_pages_probe()).values()) >= 8
     common = dict(
         input=",".join(bands),
         model=bundle,
@@ -250,6 +281,10 @@ def test_processes_and_cluster_equal_one_process(
                     line for line in result.stderr.splitlines() if "loaded" in line
                 ]
                 assert loaded and "loaded the model 2 times" in loaded[0], loaded
+                # Both workers classified blocks, with glibc's heap reuse.
+                with Client(dask_cluster["address"], timeout=10) as client:
+                    faults = client.run(fresh_pages_probe()).values()
+                    assert max(faults) < 8, faults
             if how == "local":
                 assert "in 2 processes" in result.stderr
         one = classify_maps(names["one"])

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import IannError
+from .malloc import reuse_freed_memory
 from .pipeline import PredictionSettings, classify_block
 
 DONE_FOLDER = "i.ann_blocks_done"
@@ -331,6 +332,10 @@ def _run_block(job, block, progress):
     mapset = job.mapset_for(worker)
     check_visible(job, worker)
     prepare_grass(job, mapset)
+    # A Dask nanny starts its workers with glibc's heap reuse frozen: each
+    # tile's buffers were then mapped and zero-filled afresh (one Dask
+    # worker took 10% longer than the same blocks in the module's process).
+    reuse_freed_memory()
     from .grassio import _lib, block_windows, in_mapset
 
     _lib()

@@ -1,6 +1,5 @@
 """Keras callbacks of i.ann.train: GRASS messages and early stopping, malloc."""
 
-import ctypes
 import math
 import os
 import time
@@ -9,6 +8,8 @@ import keras
 import numpy as np
 
 import grass.script as gs
+
+from .malloc import reuse_freed_memory
 
 
 class GrassProgress(keras.callbacks.Callback):
@@ -118,24 +119,11 @@ class MallocTuning(keras.callbacks.Callback):
     dataset), TensorFlow sets glibc's M_TRIM_THRESHOLD, which freezes the
     mmap threshold at 128 KiB: every batch-sized buffer is then mmap'ed and
     unmapped again, and on a 2-core machine half the time went to the
-    kernel (measured: 35 s per epoch instead of 17 s). Raising both
-    thresholds again restores ordinary heap reuse. Harmless elsewhere.
+    kernel (measured: 35 s per epoch instead of 17 s). See malloc.py.
     """
 
-    M_TRIM_THRESHOLD = -1
-    M_MMAP_THRESHOLD = -3
-
-    def __init__(self):
-        super().__init__()
-        try:
-            self.libc = ctypes.CDLL("libc.so.6")
-        except OSError:
-            self.libc = None
-
     def _tune(self):
-        if self.libc is not None:
-            self.libc.mallopt(self.M_TRIM_THRESHOLD, 1 << 30)
-            self.libc.mallopt(self.M_MMAP_THRESHOLD, 1 << 25)
+        reuse_freed_memory()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._tune()

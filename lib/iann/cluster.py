@@ -56,6 +56,22 @@ class DaskCluster:
         self.client = None
 
     def __enter__(self):
+        # When the module is interrupted (Ctrl-C, SIGTERM) while it waits on
+        # Dask, distributed's cancel callback can fail in its event loop and
+        # tornado logs that with a traceback; the interruption itself is
+        # reported by the module. Real failures come back through the
+        # blocks' futures, not through this log.
+        self.tornado_log = logging.getLogger("tornado.application")
+        self.tornado_level = self.tornado_log.level
+        self.tornado_log.setLevel(logging.CRITICAL)
+        try:
+            self._connect()
+        except BaseException:
+            self.tornado_log.setLevel(self.tornado_level)
+            raise
+        return self
+
+    def _connect(self):
         from distributed import Client, LocalCluster
 
         if self.scheduler:
@@ -78,7 +94,7 @@ class DaskCluster:
                         self.scheduler, WORKER_TIMEOUT
                     )
                 ) from None
-            return self
+            return
         self.cluster = LocalCluster(
             n_workers=self.nprocs,
             threads_per_worker=1,
@@ -88,13 +104,15 @@ class DaskCluster:
             env=thread_environment(self.threads),
         )
         self.client = Client(self.cluster, set_as_default=False)
-        return self
 
     def __exit__(self, *exc):
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+        try:
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.tornado_log.setLevel(self.tornado_level)
 
     def workers(self):
         return self.client.scheduler_info()["workers"]
