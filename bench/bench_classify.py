@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -291,13 +292,10 @@ def main():
             measured = {label: [] for label, _options in runs}
             for _round in range(args.repeat):
                 for label, options in runs:
-                    if label.startswith("1 Dask"):
-                        with OneWorkerCluster() as cluster:
+                    dask = label.startswith("1 Dask")
+                    with OneWorkerCluster() if dask else nullcontext() as cluster:
+                        if cluster is not None:
                             options = dict(options, scheduler=cluster.address)
-                            seconds, peak, messages = run_module(
-                                bundle, bands, tile_size=args.tile_size, **options
-                            )
-                    else:
                         seconds, peak, messages = run_module(
                             bundle, bands, tile_size=args.tile_size, **options
                         )

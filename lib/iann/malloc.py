@@ -10,11 +10,13 @@ restores ordinary heap reuse for buffers up to the mmap threshold.
 """
 
 import ctypes
+import functools
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 
 
+@functools.cache  # called for every block and epoch
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")

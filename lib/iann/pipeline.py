@@ -146,18 +146,19 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
         started = time.perf_counter()
         predicted = predict_tiles(
             engine,
-            [array for _core, _window, array in group],
+            [array for *_where, array in group],
             settings.augment,
             settings.multiple,
             settings.batch,
         )
         stats.network_seconds += time.perf_counter() - started
-        for (core, window, _array), tile_probabilities in zip(group, predicted):
-            keep_core(core, window, tile_probabilities)
+        for (core, window, core_nulls, _array), tile_probabilities in zip(
+            group, predicted
+        ):
+            keep_core(core, window, core_nulls, tile_probabilities)
         group.clear()
 
-    def keep_core(core, window, tile_probabilities):
-        core_nulls = nulls[r0:r1, core.col0 - read.col0 : core.col1 - read.col0]
+    def keep_core(core, window, core_nulls, tile_probabilities):
         kept = tile_probabilities[
             r0:r1, core.col0 - window.col0 : core.col1 - window.col0
         ]
@@ -172,11 +173,12 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
         stats.tiles += 1
 
     for core, window in tile_windows(written, tile_size, settings.margin, read):
-        if nulls[r0:r1, core.col0 - read.col0 : core.col1 - read.col0].all():
+        core_nulls = nulls[r0:r1, core.col0 - read.col0 : core.col1 - read.col0]
+        if core_nulls.all():
             continue
         c0, c1 = window.col0 - read.col0, window.col1 - read.col0
         array = np.ascontiguousarray(np.moveaxis(data[:, :, c0:c1], 0, -1))
-        group.append((core, window, array))
+        group.append((core, window, core_nulls, array))
         if len(group) == group_size:
             predict_group()
     if group:
