@@ -93,13 +93,15 @@ def make_bundle(folder, network):
 
 
 def in_memory(engine, stack, tile):
-    """Seconds to predict the whole stack tile by tile (argmax included)."""
-    rows, cols = stack.shape[:2]
-    engine.predict(stack[None, :tile, :tile])  # warm-up
+    """Seconds to predict the (bands, rows, cols) stack tile by tile (argmax
+    included)."""
+    rows, cols = stack.shape[1:]
+    engine.predict(np.ascontiguousarray(stack[None, :, :tile, :tile]))  # warm-up
     start = time.perf_counter()
     for r in range(0, rows, tile):
         for c in range(0, cols, tile):
-            np.argmax(engine.predict(stack[None, r : r + tile, c : c + tile]), -1)
+            tiles = np.ascontiguousarray(stack[None, :, r : r + tile, c : c + tile])
+            np.argmax(engine.predict(tiles), 1)
     return time.perf_counter() - start
 
 
@@ -233,10 +235,7 @@ def main():
     with grass_session() as tmp:
         bands = make_bands(args.size)
         refresh_region()
-        stack = np.ascontiguousarray(
-            np.moveaxis(read_band_stack(bands), 0, -1) / np.float32(100.0),
-            dtype=np.float32,
-        )
+        stack = read_band_stack(bands) / np.float32(100.0)
         for network in [n for n in args.networks.split(",") if n]:
             bundle = os.path.join(tmp, network)
             model, metadata = make_bundle(bundle, network)

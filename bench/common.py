@@ -6,6 +6,8 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
+from tables import print_table  # noqa: F401 - the scripts' tables, from here
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(
     0,
@@ -15,11 +17,11 @@ sys.path.insert(0, os.path.join(REPO, "lib"))
 
 
 @contextmanager
-def grass_session(epsg="3358"):
-    """A throw-away GRASS project, initialised for this process."""
+def grass_session(epsg="3358", folder=None):
+    """A throw-away GRASS project, initialised for this process (in `folder`)."""
     import grass.script.setup as gsetup
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         location = os.path.join(tmp, "bench")
         subprocess.run(
             ["grass", "-c", "EPSG:" + epsg, "-e", location],
@@ -36,12 +38,3 @@ def grass_session(epsg="3358"):
 def module(name):
     """Command line running a module's script from the source tree."""
     return [sys.executable, os.path.join(REPO, name, name + ".py")]
-
-
-def print_table(header, rows):
-    """A plain-text table, columns padded to their widest cell."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print("  ".join("{:<{w}}".format(h, w=w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join("{:<{w}}".format(str(x), w=w) for x, w in zip(row, widths)))

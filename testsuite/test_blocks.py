@@ -2,8 +2,9 @@
 
 The Dask cluster is real: a `dask scheduler` and two `dask worker`
 processes bound to 127.0.0.1 on free ports, started and stopped by the
-fixture. The workers get no GRASS session (no GISRC): they set one up in
-mapsets of their own, as workers on other machines do.
+fixture. The workers get no GRASS session (no GISRC): they set one up
+themselves, as workers on other machines do, and write their blocks into
+the job's maps in the session's mapset.
 """
 
 import os
@@ -32,8 +33,6 @@ from conftest import (
     run_ok,
 )
 
-DONE_FOLDER = "i.ann_blocks_done"
-
 
 def free_port():
     with socket.socket() as s:
@@ -46,16 +45,25 @@ def location_path():
     return Path(env["GISDBASE"]) / env["LOCATION_NAME"]
 
 
-def job_mapsets():
-    return sorted(p for p in location_path().iterdir() if p.name.startswith("iann_"))
+def jobs_folder():
+    return location_path() / gs.gisenv()["MAPSET"] / "i.ann_jobs"
+
+
+def job_maps():
+    """The maps of unfinished jobs in the current mapset."""
+    names = gs.list_strings("raster", pattern="tmp_iann_*", mapset=".")
+    return sorted(name.split("@")[0] for name in names)
 
 
 def done_blocks():
-    return sum(
-        len([f for f in (m / DONE_FOLDER).glob("*") if f.name.isdigit()])
-        for m in job_mapsets()
-        if (m / DONE_FOLDER).is_dir()
-    )
+    """Blocks written by the jobs of the current mapset (their markers)."""
+    return len(list(jobs_folder().glob("blocks_*/*.json")))
+
+
+def assert_no_job_left():
+    """Neither maps, nor markers, nor records of a job in the current mapset."""
+    assert job_maps() == []
+    assert not jobs_folder().exists(), list(jobs_folder().rglob("*"))
 
 
 def wait_for(condition, timeout, what):
@@ -317,8 +325,7 @@ def test_processes_and_cluster_equal_one_process(
         np.testing.assert_array_equal(
             objects, read_map("obj_" + how, null=-1, dtype=np.int32)
         )
-    assert job_mapsets() == []
-    assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
+    assert_no_job_left()
 
 
 def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
@@ -338,7 +345,7 @@ def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
         model=trained_bundle,
         output="survived",
         scheduler=dask_cluster["address"],
-        block_size=25,
+        block_size=16,
     )
     try:
         wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
@@ -348,7 +355,9 @@ def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
     finally:
         stop_group(process)
     assert process.returncode == 0, stderr
-    assert killed_at < 49  # the worker died with blocks still to classify
+    # The worker died with blocks still to classify: 5 x 5 blocks of 32
+    # cells (16 rounded up to the fcn's margin of 25, then to 8 columns).
+    assert killed_at < 25
     assert_classified(read_map("whole", null=-1, dtype=np.int32))
     np.testing.assert_array_equal(read_map("whole"), read_map("survived"))
 
@@ -357,7 +366,7 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=160, cols=160)
     options = dict(
-        input=",".join(bands), model=trained_bundle, output="resumed", block_size=25
+        input=",".join(bands), model=trained_bundle, output="resumed", block_size=32
     )
     run_ok("i.ann.classify", input=options["input"], model=trained_bundle, output="ref")
     process = start("i.ann.classify", "t", nprocs=2, **options)
@@ -369,12 +378,12 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     finally:
         stop_group(process)
     kept = done_blocks()
-    assert 4 <= kept < 49  # 7 x 7 blocks of 25 cells (the fcn's margin)
+    assert 4 <= kept < 25  # 5 x 5 blocks of 32 cells
     assert not raster_exists("resumed")
     result = run_ok("i.ann.classify", "t", "verbose", nprocs=2, **options)
     message = " ".join(result.stderr.split())
-    assert "{} of 49 blocks already classified".format(kept) in message
-    assert "Classifying {} blocks in 2 processes".format(49 - kept) in message
+    assert "{} of 25 blocks already classified".format(kept) in message
+    assert "Classifying {} blocks in 2 processes".format(25 - kept) in message
     run_ok(
         "i.ann.classify",
         "t",
@@ -384,7 +393,7 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     )
     assert_classified(read_map("ref_t", null=-1, dtype=np.int32))
     np.testing.assert_array_equal(read_map("ref_t"), read_map("resumed"))
-    assert job_mapsets() == []
+    assert_no_job_left()
 
 
 @pytest.mark.parametrize("how,nprocs", [("ctrl-c", 1), ("ctrl-c", 2), ("sigterm", 2)])
@@ -400,7 +409,7 @@ def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how, n
         model=trained_bundle,
         output="out",
         probabilities="outp",
-        block_size=25,
+        block_size=32,
         nprocs=nprocs,
     )
     try:
@@ -422,10 +431,12 @@ def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how, n
     assert "run the same command again" in " ".join(stderr.split())
     assert (read_map("out") == 7).all()
     assert gs.list_strings("raster", pattern="outp*", mapset=".") == []
-    assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
-    assert done_blocks() >= 2  # kept for the rerun, as the message says
-    for mapset_path in job_mapsets():
-        subprocess.run(["rm", "-rf", str(mapset_path)], check=True)
+    # Kept for the rerun, as the message says: the job's maps, with the
+    # blocks written so far, and their markers.
+    kept = job_maps()
+    assert kept and all(name.startswith("tmp_iann_") for name in kept)
+    assert "maps {}* of this mapset".format(min(kept)) in " ".join(stderr.split())
+    assert done_blocks() >= 2
 
 
 def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
@@ -443,7 +454,6 @@ def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
     data = fcell.read_bytes()
     fcell.write_bytes(data[: len(data) * 3 // 4])  # the southern rows are lost
     gs.mapcalc("kept = 7", quiet=True)
-    earlier = job_mapsets()  # of other tests' interrupted runs, if any
     for options in ({}, {"nprocs": 2}):
         started = time.monotonic()
         result = run(
@@ -470,9 +480,7 @@ def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
         assert time.monotonic() - started < 120
         assert (read_map("kept") == 7).all()  # the existing map is untouched
         assert gs.list_strings("raster", pattern="keptp*", mapset=".") == []
-        assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
-        assert job_mapsets() == earlier  # the written blocks went with the failure
-        assert not (location_path() / mapset / "i.ann_jobs").exists()
+        assert_no_job_left()  # the written blocks went with the failure
 
 
 def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_path):
@@ -493,7 +501,7 @@ def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_pa
         input=",".join(bands),
         model=bundle,
         output="resumed",
-        block_size=25,
+        block_size=32,
         engine="keras",
     )
     run_ok("i.ann.classify", "t", **dict(options, output="first"))
@@ -505,7 +513,8 @@ def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_pa
     finally:
         stop_group(process)
     assert 2 <= done_blocks() < 16
-    old_mapsets = job_mapsets()
+    old_maps = job_maps()
+    assert old_maps
     model = bundle / "model.keras"
     stamp = model.stat()
     # New weights in the old archive (same members, same sizes).
@@ -526,8 +535,8 @@ def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_pa
     result = run_ok("i.ann.classify", "t", "verbose", **options)
     message = " ".join(result.stderr.split())
     assert "already classified" not in message
-    assert "blocks of an unfinished earlier run for <resumed> were removed" in message
-    assert not any(m.exists() for m in old_mapsets) and job_mapsets() == []
+    assert "maps of an unfinished earlier run for <resumed> were removed" in message
+    assert_no_job_left()
     first = read_map("first", null=-1, dtype=np.int32)
     assert (first != -1).sum() > 0 and {11, 21} <= set(np.unique(first).tolist())
     swapped = np.select([first == 11, first == 21], [21, 11], first)
@@ -537,7 +546,7 @@ def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_pa
 
 def test_bad_job_options(mapset, trained_bundle):
     bands, _ = make_synthetic()
-    gs.run_command("g.region", rows=30, cols=20)
+    gs.run_command("g.region", rows=60, cols=20)
     address = "tcp://127.0.0.1:{}".format(free_port())
     started = time.monotonic()
     assert_fails(
@@ -572,10 +581,11 @@ def test_bad_job_options(mapset, trained_bundle):
         nprocs=4,
     )
     message = " ".join(result.stderr.split())
-    # The fcn's margin is 25 cells: blocks are never smaller.
-    assert "block_size 20 rounded to 25" in message
+    # The fcn's margin is 25 cells: blocks are never smaller, and they
+    # start on multiples of 8 columns.
+    assert "block_size 20 rounded to 32" in message
     assert "2 blocks to classify: 2 processes instead of 4" in message
-    assert job_mapsets() == []
+    assert_no_job_left()
 
 
 def test_library_pipeline_from_arrays_equals_grass(mapset, trained_bundle):
@@ -650,7 +660,7 @@ def test_pipeline_holds_one_tile_at_a_time(trained_bundle):
     (block,) = block_grid(rows, cols, cols, margin)
     # The shapes of the edge and inner tiles, run once before measuring.
     for width in (tile + margin, tile + 2 * margin):
-        engine.predict(np.zeros((1, rows, width, n_bands), np.float32))
+        engine.predict(np.zeros((1, n_bands, rows, width), np.float32))
     tracemalloc.start()
     try:
         classify_block(engine, settings, ArraySource(stack), sink, block, tile)

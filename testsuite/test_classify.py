@@ -448,9 +448,6 @@ def test_failure_after_the_blocks_leaves_nothing(mapset, trained_bundle):
     assert (read_map("never") == 7).all()  # the existing map is untouched
     assert gs.list_strings("raster", pattern="neverp*", mapset=".") == []
     assert gs.list_strings("raster", pattern="tmp_iann*", mapset=".") == []
-    assert [
-        p.name for p in location_path().iterdir() if p.name.startswith("iann_")
-    ] == []
     assert not (location_path() / mapset / "i.ann_jobs").exists()
 
 

@@ -2,29 +2,32 @@
 
 The module's own process, a worker of a local Dask cluster or a Dask
 worker on another machine run the same `run_block`: it makes the process
-a GRASS process of the job's project if it is not one yet, writes in a
-mapset of its own (the GRASS way for several processes to write at once),
-loads the bundle's engine once per process, classifies the block through
-the tile pipeline and marks it done. Nothing here imports GRASS or Keras
-at import time, so that a bare Dask worker can unpickle the task.
+a GRASS process of the job's project if it is not one yet, loads the
+bundle's engine once per process, reads the block's bands through GRASS's
+raster library, classifies them through the tile pipeline, writes the
+block's cells straight into the job's output maps (shared_raster.py) and
+marks it done. Nothing here imports GRASS or Keras at import time, so
+that a bare Dask worker can unpickle the task.
 
-A block's maps are complete once its marker file exists: a rerun of the
-same job skips it (resume), a block killed half-way is classified again.
+A block is written once its marker file exists; the marker holds what the
+job needs of the block at its end (cells, classes mapped, ranges): a rerun
+of the same job skips it (resume), a block killed half-way is classified
+again.
 """
 
+import errno
+import json
 import os
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .errors import IannError
 from .malloc import reuse_freed_memory
 from .pipeline import PredictionSettings, classify_block
-
-DONE_FOLDER = "i.ann_blocks_done"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class BlockJob:
     gisbase: str
     gisdbase: str
     location: str
+    mapset: str
     region: dict
     bands: tuple
     mask: str
@@ -44,30 +48,30 @@ class BlockJob:
     threads: int
     settings: PredictionSettings
     tile_size: int
-    n_classes: int
-    uncertainty: bool
+    # shared_raster.SharedRaster: the class map, one probability map per
+    # class (or none), the uncertainty map (or None).
+    classes: object
+    probabilities: tuple
+    uncertainty: object
+    markers: str
 
-    def mapset_for(self, worker):
-        return "iann_{}_{}".format(self.id, worker)
-
-    def map_names(self, index):
-        """Names of a block's maps: classes, probabilities, uncertainty."""
-        base = "b{:06d}".format(index)
-        probabilities = []
-        if self.settings.probabilities:
-            probabilities = ["{}_p{}".format(base, k) for k in range(self.n_classes)]
-        return base, probabilities, base + "_u" if self.uncertainty else None
+    def outputs(self):
+        """The maps of the job, in the order of BlockResult.ranges."""
+        return [self.classes, *self.probabilities] + (
+            [self.uncertainty] if self.uncertainty else []
+        )
 
 
 @dataclass
 class BlockResult:
-    """What a process reports back for a classified block."""
+    """What a process reports back for a classified block (and its marker)."""
 
     index: int
-    mapset: str
     worker: str
     cells: int
     mapped: list
+    # [low, high] of each output map's cells in the block (None: all NULL).
+    ranges: list
     seconds: float
     network_seconds: float
     engine_loads: int
@@ -95,7 +99,7 @@ _PROCESS = {
 
 
 def worker_name():
-    """A name for this process's mapset: its Dask worker, or `local`."""
+    """A name for this process in the job's summary: its Dask worker, or `local`."""
     try:
         from distributed import get_worker
 
@@ -125,18 +129,12 @@ def check_visible(job, worker):
         )
 
 
-def prepare_grass(job, mapset):
-    """Make this process a GRASS process of the job's project (once)."""
-    path = os.path.join(job.gisdbase, job.location, mapset)
-    if not os.path.isdir(path):
-        os.makedirs(os.path.join(job.gisdbase, job.location), exist_ok=True)
-        os.mkdir(path)
-        with open(
-            os.path.join(job.gisdbase, job.location, "PERMANENT", "DEFAULT_WIND")
-        ) as f:
-            wind = f.read()
-        with open(os.path.join(path, "WIND"), "w") as f:
-            f.write(wind)
+def prepare_grass(job):
+    """Make this process a GRASS process of the job's project (once).
+
+    A bare worker gets a session file of its own in the job's mapset: it
+    reads maps there and writes none through GRASS's library.
+    """
     if _PROCESS["grass"]:
         return
     gisbase = os.environ.setdefault("GISBASE", job.gisbase)
@@ -148,12 +146,11 @@ def prepare_grass(job, mapset):
     if python not in sys.path:
         sys.path.append(python)
     if not os.environ.get("GISRC"):
-        # A bare worker: a session file of its own, in its own mapset.
         handle, gisrc = tempfile.mkstemp(prefix="i.ann-gisrc-")
         with os.fdopen(handle, "w") as f:
             f.write(
                 "GISDBASE: {}\nLOCATION_NAME: {}\nMAPSET: {}\n".format(
-                    job.gisdbase, job.location, mapset
+                    job.gisdbase, job.location, job.mapset
                 )
             )
         os.environ["GISRC"] = gisrc
@@ -182,30 +179,47 @@ def process_engine(job):
 
 
 class GrassSource:
-    """The bands of a block's read window, masked by the user's MASK."""
+    """The bands of a block's read window, masked by the job's MASK.
+
+    Opened inside grassio.input_window: row 0 is the window's first row.
+    The maps (bands and MASK) are read side by side, one a thread.
+    """
 
     def __init__(self, bands, mask, read):
+        from concurrent.futures import ThreadPoolExecutor
+
         from .grassio import RowReader
 
         self.read_window = read
-        self.readers = [RowReader(name) for name in bands]
-        self.mask = RowReader(mask) if mask else None
+        self.readers = []
+        self.threads = None
+        try:
+            for name in list(bands) + ([mask] if mask else []):
+                self.readers.append(RowReader(name))
+        except BaseException:
+            self.close()
+            raise
+        self.masked = bool(mask)
+        self.threads = ThreadPoolExecutor(
+            len(self.readers), thread_name_prefix="i.ann-read"
+        )
 
     def read(self, window):
         from .grassio import read_rows
 
         start = window.row0 - self.read_window.row0
         stop = window.row1 - self.read_window.row0
-        block = read_rows(self.readers, start, stop)
-        if self.mask is not None:
-            mask = read_rows([self.mask], start, stop)[0]
+        block = read_rows(self.readers, start, stop, self.threads)
+        if self.masked:
+            block, mask = block[:-1], block[-1]
             block[:, np.isnan(mask) | (mask == 0)] = np.nan
         return block
 
     def close(self):
-        for reader in self.readers + [self.mask]:
-            if reader is not None:
-                reader.close()
+        if self.threads is not None:
+            self.threads.shutdown()
+        for reader in self.readers:
+            reader.close()
 
     def __enter__(self):
         return self
@@ -214,50 +228,64 @@ class GrassSource:
         self.close()
 
 
-class GrassSink:
-    """New maps of a block's core: classes, probabilities, uncertainty."""
+class SharedRasterSink:
+    """A block's cells written into the job's maps: classes, probabilities,
+    uncertainty (pipeline's sink)."""
 
-    def __init__(self, classes, probabilities, uncertainty):
-        from .grassio import RowWriter
-
-        self.classes = RowWriter(classes, "CELL")
-        self.probabilities = [RowWriter(name, "FCELL") for name in probabilities]
-        self.uncertainty = RowWriter(uncertainty, "FCELL") if uncertainty else None
-
-    def writers(self):
-        return [self.classes] + self.probabilities + [self.uncertainty]
+    def __init__(self, job):
+        self.writers = []
+        try:
+            for raster in job.outputs():
+                self.writers.append(raster.writer())
+        except BaseException:
+            self.close()
+            raise
+        self.classes = self.writers[0]
+        self.probabilities = self.writers[1 : 1 + len(job.probabilities)]
+        self.uncertainty = self.writers[-1] if job.uncertainty else None
 
     def write(self, window, classes, probabilities, uncertainty):
-        for line in classes:
-            self.classes.write(line)
+        self.classes.write(window, classes)
         for k, writer in enumerate(self.probabilities):
-            for line in probabilities[..., k]:
-                writer.write(line)
+            writer.write(window, probabilities[k])
         if self.uncertainty is not None:
-            for line in uncertainty:
-                self.uncertainty.write(line)
+            self.uncertainty.write(window, uncertainty)
+
+    def ranges(self):
+        return [
+            None if w.low is None else [w.low.item(), w.high.item()]
+            for w in self.writers
+        ]
+
+    def close(self):
+        for writer in self.writers:
+            writer.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, kind, value, traceback):
-        # The class map is closed last: a block's maps exist together.
-        for writer in reversed(self.writers()):
-            if writer is not None:
-                writer.__exit__(kind, value, traceback)
+    def __exit__(self, *exc):
+        self.close()
 
 
-def done_marker(job, mapset, index):
-    folder = os.path.join(job.gisdbase, job.location, mapset, DONE_FOLDER)
-    return os.path.join(folder, "{:06d}".format(index))
+MARKER_SUFFIX = ".json"
 
 
-def mark_done(job, mapset, index):
-    path = done_marker(job, mapset, index)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def marker_path(job, index):
+    return os.path.join(job.markers, "{:06d}{}".format(index, MARKER_SUFFIX))
+
+
+def mark_done(job, result):
+    """Write the block's marker (atomically: a marker is whole or absent)."""
+    path = marker_path(job, result.index)
     with open(path + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
+        json.dump(asdict(result), f)
     os.replace(path + ".tmp", path)
+
+
+def read_marker(path):
+    with open(path) as f:
+        return BlockResult(**json.load(f))
 
 
 def describe(job, block):
@@ -319,8 +347,8 @@ def forget_grass_fatal(callback):
 def run_block(job, block, progress=None):
     """Classify one block of the job in this process; return a BlockResult.
 
-    One block at a time per process: GRASS's window and current mapset
-    belong to the whole process, so a Dask worker started with several
+    One block at a time per process: GRASS's input window belongs to the
+    whole process, so a Dask worker started with several
     threads runs its blocks one after the other.
     """
     with _ONE_BLOCK_AT_A_TIME:
@@ -329,52 +357,65 @@ def run_block(job, block, progress=None):
 
 def _run_block(job, block, progress):
     worker = worker_name()
-    mapset = job.mapset_for(worker)
     check_visible(job, worker)
-    prepare_grass(job, mapset)
+    prepare_grass(job)
     # A Dask nanny starts its workers with glibc's heap reuse frozen: each
     # tile's buffers were then mapped and zero-filled afresh (5 times the
     # page faults of the same blocks with heap reuse).
     reuse_freed_memory()
-    from .grassio import _lib, block_windows, in_mapset
+    from .grassio import _lib, input_window, masking_suppressed
 
     _lib()
     name_block_on_fatal_error()
     _PROCESS["block"] = describe(job, block)
     try:
         engine = process_engine(job)
-        classes, probabilities, uncertainty = job.map_names(block.index)
-        with in_mapset(job.gisdbase, job.location, mapset):
-            with block_windows(job.region, block.read, block.core):
-                with GrassSource(job.bands, job.mask, block.read) as source:
-                    with GrassSink(classes, probabilities, uncertainty) as sink:
-                        stats = classify_block(
-                            engine,
-                            job.settings,
-                            source,
-                            sink,
-                            block,
-                            job.tile_size,
-                            progress,
-                        )
+        with masking_suppressed(), input_window(job.region, block.read):
+            with GrassSource(job.bands, job.mask, block.read) as source:
+                with SharedRasterSink(job) as sink:
+                    stats = classify_block(
+                        engine,
+                        job.settings,
+                        source,
+                        sink,
+                        block,
+                        job.tile_size,
+                        progress,
+                    )
+                    ranges = sink.ranges()
     except IannError:
         raise
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise IannError(
+                "No space left for the maps of the job in <{}> ({}): {}".format(
+                    os.path.join(job.gisdbase, job.location, job.mapset),
+                    describe(job, block),
+                    error.strerror,
+                )
+            ) from None
+        raise block_failed(job, block, error) from None
     except Exception as error:  # noqa: BLE001 - named with its block, no retry
-        raise IannError(
-            "Classifying {} failed: {}: {}".format(
-                describe(job, block), type(error).__name__, error
-            )
-        ) from None
+        raise block_failed(job, block, error) from None
     finally:
         _PROCESS["block"] = None
-    mark_done(job, mapset, block.index)
-    return BlockResult(
+    result = BlockResult(
         index=block.index,
-        mapset=mapset,
         worker=worker,
         cells=stats.cells,
         mapped=stats.mapped.tolist(),
+        ranges=ranges,
         seconds=stats.seconds,
         network_seconds=stats.network_seconds,
         engine_loads=_PROCESS["loads"],
+    )
+    mark_done(job, result)
+    return result
+
+
+def block_failed(job, block, error):
+    return IannError(
+        "Classifying {} failed: {}: {}".format(
+            describe(job, block), type(error).__name__, error
+        )
     )

@@ -6,8 +6,11 @@
 - onnx: the bundle's model.onnx in ONNX Runtime on the CPU.
 - openvino: the same model.onnx in OpenVINO on the CPU.
 
-Every engine takes (tiles, rows, cols, bands) float32 standardised tiles
-and returns (tiles, rows, cols, classes) float32 probabilities. The ONNX
+Every engine takes (tiles, bands, rows, cols) float32 standardised tiles
+and returns (tiles, classes, rows, cols) float32 probabilities: channels
+first, as the bands are read and model.onnx is exported (the Keras model,
+channels last, is wrapped in a transposition the backend computes, on the
+GPU when there is one). The ONNX
 engines are chosen only when the bundle's model.onnx gives, on the probe
 recorded at export time, the probabilities model.keras gave (and
 model.keras is still the file it was exported from): a missing, truncated
@@ -34,8 +37,10 @@ class KerasEngine:
 
     def __init__(self, model, lean=True):
         from .models import fcn_for_prediction
+        from .onnx_export import channels_first_model
 
-        self.model = (fcn_for_prediction(model) if lean else None) or model
+        form = (fcn_for_prediction(model) if lean else None) or model
+        self.model = channels_first_model(form, model.input_shape[-1])
 
     def predict(self, tiles):
         out = self.model.predict_on_batch(tiles)
@@ -66,11 +71,8 @@ class OnnxRuntimeEngine:
         self.threads = threads
 
     def predict(self, tiles):
-        # model.onnx takes and gives channels first, as QGIS's Deepness
-        # plugin expects; the pipeline works channels last.
-        channels_first = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))
-        (out,) = self.session.run(None, {self.input: channels_first})
-        return out.transpose(0, 2, 3, 1)
+        (out,) = self.session.run(None, {self.input: tiles})
+        return out
 
 
 class OpenVinoEngine:
@@ -94,9 +96,8 @@ class OpenVinoEngine:
         self.threads = threads
 
     def predict(self, tiles):
-        channels_first = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))
-        out = self.request.infer({0: channels_first})
-        return np.asarray(out[self.compiled.output(0)]).transpose(0, 2, 3, 1)
+        out = self.request.infer({0: tiles})
+        return np.asarray(out[self.compiled.output(0)])
 
 
 ENGINE_TITLES = {
@@ -168,7 +169,8 @@ def onnx_problem(folder, metadata, engine_name, threads=1):
     try:
         engine = ENGINE_CLASSES[engine_name](path, threads)
         probe = probe_input(record["probe_shape"], int(metadata["size_multiple"]))
-        got = engine.predict(probe.transpose(0, 2, 3, 1))
+        # The record holds the probabilities channels last.
+        got = engine.predict(probe).transpose(0, 2, 3, 1)
     except Exception as error:  # noqa: BLE001 - a broken file, in any way
         return _("{} cannot be run: {}").format(ONNX_FILE, str(error)[:200])
     expected = np.asarray(record["probe_output"], dtype=np.float32)

@@ -7,6 +7,7 @@ resampling) and the MASK as every GRASS module does.
 """
 
 import ctypes
+import functools
 from contextlib import contextmanager
 
 import numpy as np
@@ -112,6 +113,24 @@ def group_members(group):
     return members
 
 
+@functools.cache
+def _row_getters():
+    """Rast_get_f_row and Rast_get_c_row taking the row's address as an int.
+
+    The same C functions as the bindings', called with less Python work a
+    row (no ctypes pointer object is made): with the GIL released inside,
+    readers of several maps in several threads then run side by side.
+    """
+    _, libraster = _lib()
+    # The row's address as a size_t, the same bits as a pointer: GRASS's
+    # ctypes preamble changes how c_void_p arguments take a plain int.
+    prototype = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+    return tuple(
+        prototype(ctypes.cast(function, ctypes.c_void_p).value)
+        for function in (libraster.Rast_get_f_row, libraster.Rast_get_c_row)
+    )
+
+
 class RowReader:
     """Reads rows of one raster map on the current region as float32."""
 
@@ -120,16 +139,29 @@ class RowReader:
         base, mapset = split_name(name)
         self.fd = self._lib.Rast_open_old(base, mapset)
         self.cols = self._lib.Rast_input_window_cols()
-        self._fptr = ctypes.POINTER(self._lib.FCELL)
-        self._cptr = ctypes.POINTER(self._lib.CELL)
+        self._get_float, self._get_int = _row_getters()
 
     def read_float(self, row, out):
         """Fill `out` (float32, contiguous, one region row) with NaN for NULL."""
-        self._lib.Rast_get_f_row(self.fd, out.ctypes.data_as(self._fptr), row)
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        self._get_float(self.fd, out.ctypes.data, row)
 
     def read_int(self, row, out):
         """Fill `out` (int32, contiguous) with CELL_NULL for NULL."""
-        self._lib.Rast_get_c_row(self.fd, out.ctypes.data_as(self._cptr), row)
+        assert out.dtype == np.int32 and out.flags.c_contiguous
+        self._get_int(self.fd, out.ctypes.data, row)
+
+    def read_float_rows(self, row_start, out):
+        """Fill `out` (float32, C-contiguous (rows, cols)) from row_start on."""
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        get, fd, address, step = (
+            self._get_float,
+            self.fd,
+            out.ctypes.data,
+            4 * self.cols,
+        )
+        for i in range(out.shape[0]):
+            get(fd, address + i * step, row_start + i)
 
     def close(self):
         if self.fd is not None:
@@ -204,59 +236,67 @@ def _cell_head(region, window, base):
 
 
 @contextmanager
-def block_windows(region, read, written):
-    """Read the cells of `read` and write those of `written` (tiling.Window).
+def input_window(region, read):
+    """Maps opened inside read the cells of `read` (tiling.Window) of `region`.
 
-    The raster library keeps one window for reading and one for writing:
-    maps opened inside read `read` and new maps cover `written`. Both go
-    back to the current region afterwards.
+    Reading a block's window sets the raster library's input window only:
+    nothing is written through the library. The window it had is set
+    back afterwards (without reading the region's file again, a block
+    after a block).
     """
     libgis, libraster = _lib()
     base = libgis.Cell_head()
     libgis.G_get_window(ctypes.byref(base))
-    # Initialise the library's windows now: left for later, they would be
-    # initialised from G's window, which setting the output window changes.
     libraster.Rast__init_window()
-    libraster.Rast_set_output_window(ctypes.byref(_cell_head(region, written, base)))
-    libraster.Rast_set_input_window(ctypes.byref(_cell_head(region, read, base)))
+    before = libgis.Cell_head()
+    libraster.Rast_get_input_window(ctypes.byref(before))
+    # The library checks the window and, with --verbose, says for every
+    # block that its cells are not square, as the region's may not be.
+    verbosity = libgis.G_verbose()
+    libgis.G_set_verbose(min(verbosity, libgis.G_verbose_std()))
     try:
+        libraster.Rast_set_input_window(ctypes.byref(_cell_head(region, read, base)))
         yield
     finally:
-        refresh_region()
+        libraster.Rast_set_input_window(ctypes.byref(before))
+        libgis.G_set_verbose(verbosity)
 
 
 @contextmanager
-def in_mapset(gisdbase, location, mapset):
-    """New maps of this process go to `mapset` of the project (not GISRC's).
+def masking_suppressed():
+    """No automatic masking by the current mapset's MASK inside.
 
-    Automatic masking is off inside: the caller applies the MASK it wants.
+    A block applies the MASK the job was planned with itself, in whatever
+    process runs it.
     """
-    libgis, libraster = _lib()
-    keys = (b"GISDBASE", b"LOCATION_NAME", b"MAPSET")
-    before = [libgis.G_getenv_nofatal(key) for key in keys]
-    for key, value in zip(keys, (gisdbase, location, mapset)):
-        libgis.G_setenv_nogisrc(key, value.encode())
+    _, libraster = _lib()
     libraster.Rast_suppress_masking()
     try:
         yield
     finally:
         libraster.Rast_unsuppress_masking()
-        for key, value in zip(keys, before):
-            if value is not None:
-                libgis.G_setenv_nogisrc(key, value)
-        refresh_region()
 
 
-def read_rows(readers, row_start, row_stop):
+def read_rows(readers, row_start, row_stop, threads=None):
     """Read rows [row_start, row_stop) of several maps: (bands, rows, cols).
 
     Band-major, so that every row is read straight into contiguous memory.
+    With `threads` (a concurrent.futures executor), the maps are read side
+    by side, one a thread: the raster library keeps each open map's state
+    apart, and every map was opened before.
     """
     cols = readers[0].cols
     out = np.empty((len(readers), row_stop - row_start, cols), dtype=np.float32)
-    for band, reader in enumerate(readers):
-        for i in range(row_stop - row_start):
-            reader.read_float(row_start + i, out[band, i])
+    if threads is None or len(readers) == 1:
+        for band, reader in enumerate(readers):
+            reader.read_float_rows(row_start, out[band])
+        return out
+    list(
+        threads.map(
+            lambda band: readers[band].read_float_rows(row_start, out[band]),
+            range(len(readers)),
+        )
+    )
     return out
 
 

@@ -20,9 +20,16 @@ from .tiling import workers_for
 
 
 class Progress:
-    """gs.percent, called only when the whole percentage changes."""
+    """GRASS's percentage (G_percent), printed when its whole value changes.
+
+    Called through the raster library this process has loaded, not as
+    gs.percent (a g.message process each time: 100 of them cost seconds).
+    """
 
     def __init__(self, total):
+        from .grassio import _lib
+
+        self.percent = _lib()[0].G_percent
         self.total = max(1, total)
         self.shown = -1
 
@@ -30,7 +37,7 @@ class Progress:
         percent = int(100 * done / self.total)
         if percent != self.shown:
             self.shown = percent
-            gs.percent(done, self.total, 1)
+            self.percent(done, self.total, 1)
 
 
 def run_in_process(plan, todo):

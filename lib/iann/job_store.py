@@ -2,26 +2,36 @@
 
 A job has an identity: a hash of everything that makes its maps (the
 request, the region and MASK, the bundle's files and the bands' files).
-Workers write each block into a mapset of their own named after the job,
-with a done marker; a small record in the current mapset
-(<mapset>/i.ann_jobs/<output>) names the job last started for an output,
-so that a command for the same output that differs in anything removes
-the earlier job's blocks, and the same command finds them and resumes.
+In the current mapset it has:
+
+- its output maps under temporary names, `tmp_iann_<job>` (classes),
+  `tmp_iann_<job>_p<k>` (probabilities), `tmp_iann_<job>_u` (uncertainty),
+  written in place by the blocks (shared_raster.py) and renamed to the
+  names asked for once every block is done;
+- a marker for each block written, `i.ann_jobs/blocks_<job>/<block>.json`;
+- a record, `i.ann_jobs/<output>`, naming the job last started for an
+  output, locked while a run works on it: a command for the same output
+  that differs in anything removes the earlier job's maps, the same
+  command finds them and resumes, and a second run for an output that
+  another run is classifying stops at once.
 """
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-from dataclasses import replace
-
 
 import grass.script as gs
 
-from .blocks import DONE_FOLDER
+from .blocks import MARKER_SUFFIX, read_marker
 from .bundle import bundle_identity
+from .errors import IannError
+
+JOBS_FOLDER = "i.ann_jobs"
+TEMPORARY_PREFIX = "tmp_iann_"
 
 
 def raster_stamp(fullname):
@@ -91,111 +101,190 @@ def current_mask():
     return found["fullname"] or None
 
 
-def job_mapsets(job):
-    """The mapsets that hold the job's blocks (one per worker)."""
-    location = os.path.join(job.gisdbase, job.location)
-    prefix = "iann_{}_".format(job.id)
-    return sorted(name for name in os.listdir(location) if name.startswith(prefix))
+def mapset_path():
+    env = gs.gisenv()
+    return os.path.join(env["GISDBASE"], env["LOCATION_NAME"], env["MAPSET"])
+
+
+def temporary_name(job_id):
+    """The name of a job's class map until it is done (the others add _p<k>, _u)."""
+    return TEMPORARY_PREFIX + job_id
+
+
+def markers_folder(job_id):
+    return os.path.join(mapset_path(), JOBS_FOLDER, "blocks_" + job_id)
 
 
 def finished_blocks(job):
-    """{block index: mapset} of the blocks already written by this job."""
-    done = {}
-    for mapset in job_mapsets(job):
-        folder = os.path.join(job.gisdbase, job.location, mapset, DONE_FOLDER)
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            if name.isdigit():
-                done.setdefault(int(name), mapset)
-    return done
+    """Indices of the blocks already written by this job."""
+    try:
+        names = os.listdir(job.markers)
+    except FileNotFoundError:
+        return set()
+    return {
+        int(name[: -len(MARKER_SUFFIX)])
+        for name in names
+        if name.endswith(MARKER_SUFFIX) and name[: -len(MARKER_SUFFIX)].isdigit()
+    }
 
 
-def remove_job_mapsets(job):
-    for mapset in job_mapsets(job):
-        shutil.rmtree(
-            os.path.join(job.gisdbase, job.location, mapset), ignore_errors=True
-        )
+def block_results(job, indices):
+    """The BlockResults kept in the markers of blocks `indices`."""
+    from .blocks import marker_path
+
+    return [read_marker(marker_path(job, index)) for index in indices]
 
 
-JOBS_FOLDER = "i.ann_jobs"
+def job_maps(job_id):
+    """The maps of job `job_id` that exist in the current mapset."""
+    folder = os.path.join(mapset_path(), "cellhd")
+    base = temporary_name(job_id)
+    pattern = re.compile(re.escape(base) + r"(_p\d+|_u)?")
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if pattern.fullmatch(name))
 
 
-def job_record(output):
-    """The file of the current mapset that names the job of an output map."""
-    env = gs.gisenv()
-    return os.path.join(
-        env["GISDBASE"], env["LOCATION_NAME"], env["MAPSET"], JOBS_FOLDER, output
-    )
+def remove_job(job_id):
+    """Remove a job's maps and markers."""
+    remove_maps(job_maps(job_id))
+    shutil.rmtree(markers_folder(job_id), ignore_errors=True)
 
 
-def start_job_record(job, output):
-    """Record the job of `output`; remove an earlier unfinished job of it.
+class OutputLock:
+    """The record of the job classifying an output, locked while it runs.
+
+    An advisory lock (flock) on `i.ann_jobs/<output>`: it ends with the
+    process, also when the process is killed.
+    """
+
+    def __init__(self, output):
+        self.output = output
+        self.path = os.path.join(mapset_path(), JOBS_FOLDER, output)
+        self.file = None
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise IannError(
+                _(
+                    "Another run of i.ann.classify is classifying <{}> in this "
+                    "mapset; wait for it to end, or stop it"
+                ).format(self.output)
+            ) from None
+        return self
+
+    def earlier_job(self):
+        self.file.seek(0)
+        text = self.file.read().strip()
+        return text if re.fullmatch("[0-9a-f]{12}", text) else None
+
+    def record(self, job_id):
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(job_id)
+        self.file.flush()
+
+    def forget(self):
+        """Remove the record (the lock ends when the file is closed)."""
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+        try:
+            os.rmdir(os.path.dirname(self.path))
+        except OSError:
+            pass
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def start_job(job, lock):
+    """Record the job of an output and prepare its maps; the blocks done.
 
     The same command run again after an interruption resumes its job; a
     command for the same output with other bands, region, MASK, bundle or
-    settings is another job, whose blocks the earlier job's cannot be:
-    they are removed, and the new job starts afresh.
+    settings is another job, whose maps the earlier job's cannot be: they
+    are removed, and the new job starts afresh.
     """
-    path = job_record(output)
-    try:
-        with open(path) as f:
-            earlier = f.read().strip()
-    except OSError:
-        earlier = None
-    if earlier and earlier != job.id and re.fullmatch("[0-9a-f]{12}", earlier):
-        stale = replace(job, id=earlier)
-        if job_mapsets(stale):
-            remove_job_mapsets(stale)
-            gs.message(
-                _(
-                    "The blocks of an unfinished earlier run for <{}> were removed: "
-                    "its bands, region, MASK, model or settings were other than "
-                    "these; classifying afresh"
-                ).format(output)
-            )
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(job.id)
+    earlier = lock.earlier_job()
+    if (
+        earlier
+        and earlier != job.id
+        and (job_maps(earlier) or os.path.isdir(markers_folder(earlier)))
+    ):
+        remove_job(earlier)
+        gs.message(
+            _(
+                "The maps of an unfinished earlier run for <{}> were removed: "
+                "its bands, region, MASK, model or settings were other than "
+                "these; classifying afresh"
+            ).format(lock.output)
+        )
+    lock.record(job.id)
+    if not all(raster.is_complete() for raster in job.outputs()):
+        # Never begun, or begun and cut before its maps were whole.
+        remove_job(job.id)
+        for raster in job.outputs():
+            raster.create()
+    os.makedirs(job.markers, exist_ok=True)
+    return finished_blocks(job)
 
 
-def end_job(job, output):
-    """Remove the job's mapsets and its record (finished or failed)."""
-    remove_job_mapsets(job)
-    path = job_record(output)
-    try:
-        os.remove(path)
-        os.rmdir(os.path.dirname(path))
-    except OSError:
-        pass
+def check_space(job, todo, total):
+    """Clear error when the disk cannot hold the cells still to be written."""
+    needed = sum(sum(raster.file_sizes()) for raster in job.outputs())
+    needed = needed * todo // max(1, total)
+    folder = os.path.join(job.gisdbase, job.location, job.mapset)
+    info = os.statvfs(folder)
+    free = info.f_bavail * info.f_frsize
+    if needed > free:
+        raise IannError(
+            _(
+                "The maps of this job need {:.1f} GB more in <{}>, which has "
+                "{:.1f} GB free"
+            ).format(needed / 1e9, folder, free / 1e9)
+        )
+
+
+def end_job(job, lock):
+    """Remove what is left of the job (its markers, maps not renamed) and its record."""
+    remove_job(job.id)
+    lock.forget()
 
 
 def remove_maps(names):
     """Remove raster maps of the current mapset (temporary ones), quietly."""
-    for name in [n for n in names if n]:
-        gs.run_command(
-            "g.remove",
-            type="raster",
-            name=name,
-            flags="f",
-            quiet=True,
-            errors="ignore",
-            stderr=subprocess.DEVNULL,
-        )
+    names = [n for n in names if n]
+    if not names:
+        return
+    gs.run_command(
+        "g.remove",
+        type="raster",
+        name=",".join(names),
+        flags="f",
+        quiet=True,
+        errors="ignore",
+        stderr=subprocess.DEVNULL,
+    )
 
 
-def keep_for_resume(job, n_blocks):
-    """After an interruption: say what is kept; remove mapsets with nothing done."""
+def keep_for_resume(job, lock, n_blocks):
+    """After an interruption: keep the blocks done for a rerun, and say so."""
     done = finished_blocks(job)
-    for mapset in job_mapsets(job):
-        if mapset not in done.values():
-            shutil.rmtree(
-                os.path.join(job.gisdbase, job.location, mapset), ignore_errors=True
-            )
     if done:
         gs.warning(
             _(
-                "{} of {} blocks are kept in the mapsets {}* of this project; run "
+                "{} of {} blocks are kept in the maps {}* of this mapset; run "
                 "the same command again to classify only the others"
-            ).format(len(done), n_blocks, job.mapset_for(""))
+            ).format(len(done), n_blocks, temporary_name(job.id))
         )
+    else:
+        end_job(job, lock)

@@ -1,24 +1,23 @@
-"""A classification job: one plan of blocks, run anywhere, merged once.
+"""A classification job: one plan of blocks, run anywhere, written in place.
 
 The region is cut into a deterministic grid of blocks (tiling.py). One
 process, N local processes (a Dask LocalCluster) or a Dask cluster all
-classify the blocks through blocks.run_block, each block into maps of a
-mapset of its worker. The blocks are then put together with r.buildvrt and
-written once, in the current mapset, under temporary names that are
-finished and renamed to the outputs (outputs.py).
+classify the blocks through blocks.run_block, each block straight into
+the job's output maps, which exist from the start under temporary names
+in the current mapset (shared_raster.py): there is nothing to merge. When
+every block is done, the maps get their ranges, categories, colours and
+history and are renamed to the outputs (outputs.py).
 
 The job has an identity (a hash of everything that makes its maps, the
 bundle's and the bands' content included): run the same command again
 after an interruption and the blocks already written are kept, only the
 missing ones are classified; a command for the same output that differs
-in anything is another job, and removes the earlier one's blocks. The
-job's mapsets are removed once every block is done, and when the job
-fails: only an interruption keeps them.
+in anything is another job, and removes the earlier one's maps. A job
+that fails removes its maps: only an interruption keeps them.
 """
 
+import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -33,17 +32,23 @@ from .errors import IannError
 from .normalise import bundle_transform
 from .outputs import OutputMaps, finish, segment_sums, write_segment_classes
 from .pipeline import PredictionSettings
+from .shared_raster import COLUMN_ALIGNMENT, SharedRaster, cell_bytes
 from .tiling import block_grid, block_size_for, tile_size_for_memory
 from .job_runs import run_in_process, run_on_dask
 from .job_checks import check_request, check_resolution, image_statistics
 from .job_store import (
+    OutputLock,
+    block_results,
+    check_space,
     current_mask,
     end_job,
-    finished_blocks,
     job_identity,
     keep_for_resume,
+    mapset_path,
+    markers_folder,
     remove_maps,
-    start_job_record,
+    start_job,
+    temporary_name,
 )
 
 
@@ -98,6 +103,9 @@ class JobResult:
     processes: int
     engine_loads: int
     peak_memory: int = 0
+    # Seconds of the job's steps in the module's process: the plan, the
+    # maps made or found again (resume), the blocks, the outputs finished.
+    seconds: dict = field(default_factory=dict)
 
 
 def plan(request, temporary_maps):
@@ -126,13 +134,16 @@ def plan(request, temporary_maps):
     check_resolution(metadata, region, request.bundle)
     margin = int(metadata["margin"])
     multiple = int(metadata.get("size_multiple", 1))
-    block_size = block_size_for(request.block_size, multiple, margin)
+    # Blocks start on whole bytes of the maps' null bits, and on the
+    # network's pooling grid.
+    grid = math.lcm(multiple, COLUMN_ALIGNMENT)
+    block_size = block_size_for(request.block_size, grid, margin)
     if block_size != request.block_size:
         gs.verbose(
             _(
-                "block_size {} rounded to {} (a multiple of the network's {} cells, "
-                "at least the margin of {} cells)"
-            ).format(request.block_size, block_size, multiple, margin)
+                "block_size {} rounded to {} (a multiple of {} cells, at least "
+                "the margin of {} cells)"
+            ).format(request.block_size, block_size, grid, margin)
         )
     values = tuple(c["value"] for c in metadata["classes"])
     settings = PredictionSettings(
@@ -165,11 +176,19 @@ def plan(request, temporary_maps):
     identity = job_identity(
         request, region, bands, mask, settings, engine.name, block_size
     )
+    base = temporary_name(identity)
+
+    def shared(name, cell_type, nbytes=4):
+        return SharedRaster(
+            mapset_path(), name, cell_type, region["rows"], region["cols"], nbytes
+        )
+
     job = BlockJob(
         id=identity,
         gisbase=os.environ["GISBASE"],
         gisdbase=gisenv["GISDBASE"],
         location=gisenv["LOCATION_NAME"],
+        mapset=gisenv["MAPSET"],
         region=dict(region),
         bands=tuple(readable),
         mask=mask,
@@ -179,8 +198,14 @@ def plan(request, temporary_maps):
         threads=1,
         settings=settings,
         tile_size=tile_size,
-        n_classes=len(values),
-        uncertainty=bool(request.uncertainty),
+        classes=shared(base, "CELL", cell_bytes(values)),
+        probabilities=(
+            tuple(shared("{}_p{}".format(base, k), "FCELL") for k in range(len(values)))
+            if settings.probabilities
+            else ()
+        ),
+        uncertainty=shared(base + "_u", "FCELL") if request.uncertainty else None,
+        markers=markers_folder(identity),
     )
     return JobPlan(
         job=job,
@@ -193,52 +218,18 @@ def plan(request, temporary_maps):
     )
 
 
-def merge_blocks(job, done, indices, temporary, temporary_maps):
-    """The blocks' maps put together into the temporary outputs (r.buildvrt)."""
-    kinds = [(temporary.classes, lambda names: names[0])]
-    for k, name in enumerate(temporary.probabilities):
-        kinds.append((name, lambda names, k=k: names[1][k]))
-    if temporary.uncertainty:
-        kinds.append((temporary.uncertainty, lambda names: names[2]))
-    folder = tempfile.mkdtemp(prefix="i.ann-merge-")
-    try:
-        for output, pick in kinds:
-            sources = [
-                "{}@{}".format(pick(job.map_names(index)), done[index])
-                for index in indices
-            ]
-            if len(sources) == 1:
-                # r.buildvrt wants two maps at least.
-                gs.mapcalc(
-                    "{} = {}".format(output, sources[0]), quiet=True, overwrite=True
-                )
-                continue
-            listing = os.path.join(folder, "maps.txt")
-            with open(listing, "w") as f:
-                f.write("".join(source + "\n" for source in sources))
-            virtual = output + "_vrt"
-            temporary_maps.append(virtual)
-            gs.run_command(
-                "r.buildvrt", file=listing, output=virtual, quiet=True, overwrite=True
-            )
-            gs.mapcalc("{} = {}".format(output, virtual), quiet=True, overwrite=True)
-            gs.run_command(
-                "g.remove", type="raster", name=virtual, flags="f", quiet=True
-            )
-            temporary_maps.remove(virtual)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def classify(request, temporary_maps):
     """Run a classification job from a request; return its JobResult.
 
     `temporary_maps` collects the temporary maps of the current mapset, for
-    the caller to remove whatever happens. The outputs exist under their
+    the caller to remove whatever happens (the job's own maps are kept
+    after an interruption, for a rerun). The outputs exist under their
     final names only when everything succeeded.
     """
-    plan_ = plan(request, temporary_maps)
-    job = plan_.job
+    started = time.perf_counter()
+    job_plan = plan(request, temporary_maps)
+    planned = time.perf_counter() - started
+    job = job_plan.job
     region = job.region
     gs.message(
         _(
@@ -248,64 +239,91 @@ def classify(request, temporary_maps):
             region["rows"],
             region["cols"],
             request.bundle,
-            len(plan_.blocks),
-            plan_.block_size,
+            len(job_plan.blocks),
+            job_plan.block_size,
             job.settings.margin,
         )
     )
-    start_job_record(job, request.output)
-    done = finished_blocks(job)
-    if done:
-        gs.verbose(
-            _("Resuming job {}: {} of {} blocks already classified").format(
-                job.id, len(done), len(plan_.blocks)
-            )
-        )
-    todo = [b for b in plan_.blocks if b.index not in done]
-    distributed = request.scheduler or request.nprocs > 1
-    results = []
+    with OutputLock(request.output) as lock:
+        result = run_job(job_plan, request, lock, temporary_maps)
+    result.seconds["plan"] = planned
+    gs.verbose(
+        _(
+            "Job steps: plan {plan:.2f} s, maps made or found {start:.2f} s, "
+            "blocks {blocks:.1f} s, outputs finished {finish:.2f} s"
+        ).format(**result.seconds)
+    )
+    return result
+
+
+def run_job(job_plan, request, lock, temporary_maps):
+    """Classify the blocks not done yet and finish the outputs."""
+    job = job_plan.job
+    n_blocks = len(job_plan.blocks)
+    seconds = {}
+    clock = [time.perf_counter()]
+
+    def step(name):
+        now = time.perf_counter()
+        seconds[name] = now - clock[0]
+        clock[0] = now
 
     def on_fatal():
         # A GRASS fatal error in this process (a block read here, the
-        # merge, the segments) ends it from C: clean up as on any failure.
+        # segments) ends it from C: clean up as on any failure.
         remove_maps(temporary_maps)
-        end_job(job, request.output)
+        end_job(job, lock)
 
     on_grass_fatal(on_fatal)
+    results = []
     try:
-        if todo and distributed:
-            results = run_on_dask(plan_, todo, request)
+        done = start_job(job, lock)
+        if done:
+            gs.verbose(
+                _("Resuming job {}: {} of {} blocks already classified").format(
+                    job.id, len(done), n_blocks
+                )
+            )
+        todo = [b for b in job_plan.blocks if b.index not in done]
+        check_space(job, len(todo), n_blocks)
+        step("start")
+        if todo and (request.scheduler or request.nprocs > 1):
+            results = run_on_dask(job_plan, todo, request)
         elif todo:
-            results = run_in_process(plan_, todo)
-        done.update({r.index: r.mapset for r in results})
-        result = finish_job(plan_, request, done, temporary_maps)
+            results = run_in_process(job_plan, todo)
+        step("blocks")
+        results += block_results(job, sorted(done))
+        result = finish_job(job_plan, request, results, temporary_maps)
     except KeyboardInterrupt:
         # Ctrl-C, SIGTERM: the finished blocks are kept for a rerun.
-        keep_for_resume(job, len(plan_.blocks))
+        keep_for_resume(job, lock, n_blocks)
         raise
     except BaseException:
         # A failure: nothing of the job is left behind.
-        end_job(job, request.output)
+        end_job(job, lock)
         raise
     finally:
         forget_grass_fatal(on_fatal)
-    end_job(job, request.output)
+    end_job(job, lock)
+    step("finish")
+    result.seconds = seconds
+    ran = [r for r in results if r.index not in done]
     loads, peaks = {}, {}
-    for r in results:
+    for r in ran:
         key = (r.worker, r.pid)
         loads[key] = max(loads.get(key, 0), r.engine_loads)
         peaks[key] = max(peaks.get(key, 0), r.peak_memory)
-    result.blocks_resumed = len(plan_.blocks) - len(todo)
+    result.blocks_resumed = len(done)
     result.processes = len(loads)
     result.engine_loads = sum(loads.values())
     result.peak_memory = max(peaks.values(), default=0)
-    if results:
+    if ran:
         gs.verbose(
             _(
                 "{} blocks classified by {} processes, which loaded the model {} "
                 "times; peak memory of a process {:.0f} MB"
             ).format(
-                len(results),
+                len(ran),
                 result.processes,
                 result.engine_loads,
                 result.peak_memory / 2**20,
@@ -313,70 +331,76 @@ def classify(request, temporary_maps):
         )
         gs.verbose(
             _("Time in blocks {:.1f} s, of which the network {:.1f} s").format(
-                sum(r.seconds for r in results),
-                sum(r.network_seconds for r in results),
+                sum(r.seconds for r in ran),
+                sum(r.network_seconds for r in ran),
             )
         )
     return result
 
 
-def finish_job(plan_, request, done, temporary_maps):
-    """Merge the blocks, make the object map, finish and rename the outputs."""
-    job = plan_.job
-    base = gs.append_node_pid("tmp_iann_classify")
-    keep_probabilities = job.settings.probabilities
-    merged = OutputMaps(
-        base,
-        (
-            ["{}_p{}".format(base, k) for k in range(job.n_classes)]
-            if keep_probabilities
-            else []
-        ),
-        base + "_u" if job.uncertainty else None,
-    )
-    temporary_maps.extend(n for n in merged.names() if n)
-    indices = [b.index for b in plan_.blocks]
-    started = time.perf_counter()
-    merge_blocks(job, done, indices, merged, temporary_maps)
-    gs.verbose(
-        _("Blocks merged into the outputs in {:.1f} s").format(
-            time.perf_counter() - started
-        )
-    )
-    cells = int(gs.parse_command("r.univar", map=merged.classes, flags="g")["n"])
+def combined_ranges(results, n_maps):
+    """[low, high] of each output map over all blocks (None: all NULL)."""
+    ranges = [None] * n_maps
+    for r in results:
+        for k, block_range in enumerate(r.ranges):
+            if block_range is None:
+                continue
+            if ranges[k] is None:
+                ranges[k] = list(block_range)
+            else:
+                ranges[k] = [
+                    min(ranges[k][0], block_range[0]),
+                    max(ranges[k][1], block_range[1]),
+                ]
+    return ranges
+
+
+def finish_job(job_plan, request, results, temporary_maps):
+    """Ranges, the object map, metadata, and the outputs renamed."""
+    job = job_plan.job
+    cells = sum(r.cells for r in results)
     if cells == 0:
         raise IannError(
             _("No cell of the region has data in all bands <{}>").format(
-                ",".join(plan_.bands)
+                ",".join(job_plan.bands)
             )
         )
-    final = plan_.outputs
+    maps = job.outputs()
+    for raster, (low, high) in zip(
+        maps,
+        (r or (None, None) for r in combined_ranges(results, len(maps))),
+    ):
+        raster.write_range(low, high)
+    final = job_plan.outputs
     temporary = OutputMaps(
-        merged.classes,
-        merged.probabilities if final.probabilities else [],
-        merged.uncertainty,
+        job.classes.name,
+        [r.name for r in job.probabilities] if final.probabilities else [],
+        job.uncertainty.name if job.uncertainty else None,
     )
     history = "i.ann.classify model={} input={}".format(
-        os.path.abspath(request.bundle), ",".join(plan_.bands)
+        os.path.abspath(request.bundle), ",".join(job_plan.bands)
     )
     if request.segments:
         history += " segments={}".format(request.segments)
-        objects = base + "_objects"
+        objects = gs.append_node_pid("tmp_iann_objects")
         temporary_maps.append(objects)
-        sums = segment_sums(merged.probabilities, request.segments, job.region["rows"])
+        sums = segment_sums(
+            [r.name for r in job.probabilities], request.segments, job.region["rows"]
+        )
         write_segment_classes(
             objects, request.segments, sums, job.settings.values, job.region["rows"]
         )
         temporary.classes = objects
     renamed = finish(
-        temporary, final, plan_.metadata, history, request.uncertainty_method
+        temporary, final, job_plan.metadata, history, request.uncertainty_method
     )
     for name in renamed:
-        temporary_maps.remove(name)
+        if name in temporary_maps:
+            temporary_maps.remove(name)
     return JobResult(
         outputs=final,
         cells=cells,
-        blocks=len(plan_.blocks),
+        blocks=len(job_plan.blocks),
         blocks_resumed=0,
         processes=1,
         engine_loads=0,

@@ -7,12 +7,15 @@ thus sees its whole receptive field, and the result does not depend on the
 tile or block size; at the region's edges the network pads with zeros
 itself, as on a training patch.
 
-Reading the next tile row and writing the last one happen in one I/O
-thread while the network works on the current one (GRASS's raster library
-is used from that thread alone); tiles of the same shape can go to the
-network several at a time (`batch`). A source and a sink are anything with
-`read(window)` and `write(window, classes, probabilities, uncertainty)`:
-GRASS maps (blocks.py) or arrays in memory (below), through the same code.
+Reading the next tile row and writing the last one happen in an I/O
+thread while the network works on the current one; tiles of the same
+shape can go to the network several at a time (`batch`). Everything is
+channels first, as bands are read: a tile is (bands, rows, cols), the
+network's output (classes, rows, cols), so that a tile is a plain copy
+of the rows read and each class's probabilities a plane to write. A
+source and a sink are anything with `read(window)` and `write(window,
+classes, probabilities, uncertainty)`: GRASS maps (blocks.py) or arrays
+in memory (below), through the same code.
 """
 
 import time
@@ -56,20 +59,20 @@ class BlockStats:
 
 
 def padded_to(tile, multiple):
-    """The tile with zero rows and columns added to multiples of `multiple`.
+    """The (bands, rows, cols) tile with zeros added to multiples of `multiple`.
 
     Zero is the band mean once standardised, as at the edges of training
     patches; networks with poolings (unet, resunet) need these sizes.
     """
-    rows, cols = tile.shape[:2]
+    rows, cols = tile.shape[1:]
     extra = (-rows % multiple, -cols % multiple)
     if extra == (0, 0):
         return tile
-    return np.pad(tile, ((0, extra[0]), (0, extra[1]), (0, 0)))
+    return np.pad(tile, ((0, 0), (0, extra[0]), (0, extra[1])))
 
 
 def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
-    """Class probabilities (rows, cols, classes) of standardised tiles.
+    """Class probabilities (classes, rows, cols) of standardised tiles.
 
     With `augment`, the mean over the 8 flips and rotations of each tile
     (test-time augmentation), each mapped back before averaging, summed in
@@ -89,8 +92,8 @@ def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
         out = engine.predict(stacked)
         for (i, k, _view, (rows, cols)), probabilities in zip(pending, out):
             if augment:
-                probabilities = undo_dihedral(probabilities, k)
-            probabilities = probabilities[:rows, :cols]
+                probabilities = undo_dihedral(probabilities, k, axes=(1, 2))
+            probabilities = probabilities[:, :rows, :cols]
             sums[i] = probabilities if sums[i] is None else sums[i] + probabilities
         pending.clear()
 
@@ -98,23 +101,28 @@ def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
         # Padded before turning: the poolings of every view then group the
         # cells on the region's grid, as in a tile of any other size.
         padded = padded_to(tiles[i], multiple)
-        view = np.ascontiguousarray(dihedral(padded, k)) if augment else padded
+        view = (
+            np.ascontiguousarray(dihedral(padded, k, axes=(1, 2)))
+            if augment
+            else padded
+        )
         if pending and (view.shape != pending[0][2].shape or len(pending) == batch):
             flush()
-        pending.append((i, k, view, tiles[i].shape[:2]))
+        pending.append((i, k, view, tiles[i].shape[1:]))
     if pending:
         flush()
     return [s / 8 if augment else s for s in sums]
 
 
 def uncertainty_of(probabilities, method):
-    """Per-cell uncertainty in 0..1: normalised entropy or 1 - top-2 margin."""
+    """Per-cell uncertainty in 0..1 of (classes, rows, cols) probabilities:
+    normalised entropy or 1 - top-2 margin."""
     if method == "entropy":
         p = np.clip(probabilities, 1e-12, 1.0)
-        entropy = -(p * np.log(p)).sum(axis=-1)
-        return entropy / np.log(probabilities.shape[-1])
-    top = np.sort(probabilities, axis=-1)
-    return 1.0 - (top[..., -1] - top[..., -2])
+        entropy = -(p * np.log(p)).sum(axis=0)
+        return entropy / np.log(probabilities.shape[0])
+    top = np.sort(probabilities, axis=0)
+    return 1.0 - (top[-1] - top[-2])
 
 
 def read_standardised(source, window, settings):
@@ -125,14 +133,19 @@ def read_standardised(source, window, settings):
 
 
 def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, stats):
-    """Classes (and probabilities, uncertainty) of the cells of one tile row."""
+    """Classes (and probabilities, uncertainty) of the cells of one tile row.
+
+    `data` is the (bands, rows, cols) tile row read, `nulls` its NULL
+    cells; returns the classes (rows, cols), the probabilities (classes,
+    rows, cols) or None, and the uncertainty (rows, cols) or None.
+    """
     values = np.asarray(settings.values, dtype=np.int32)
     keep = settings.probabilities or settings.uncertainty
     classes = np.full((written.rows, written.cols), CELL_NULL, dtype=np.int32)
     probabilities = None
     if keep:
         probabilities = np.full(
-            (written.rows, written.cols, len(values)), np.nan, np.float32
+            (len(values), written.rows, written.cols), np.nan, np.float32
         )
     r0, r1 = written.row0 - read.row0, written.row1 - read.row0
     # Tiles go to the network a group at a time (`batch` views) and only
@@ -160,16 +173,26 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
 
     def keep_core(core, window, core_nulls, tile_probabilities):
         kept = tile_probabilities[
-            r0:r1, core.col0 - window.col0 : core.col1 - window.col0
+            :, r0:r1, core.col0 - window.col0 : core.col1 - window.col0
         ]
-        kept = np.where(core_nulls[..., None], np.nan, kept)
         a, b = core.col0 - written.col0, core.col1 - written.col0
+        # The network's output has no NaN (NULL inputs are the band mean):
+        # NULL cells are set once the classes are taken.
+        best = np.argmax(kept, axis=0)
+        counts = np.bincount(best.ravel(), minlength=len(values))
+        with_nulls = core_nulls.any()
+        if with_nulls:
+            counts -= np.bincount(best[core_nulls], minlength=len(values))
+        core_classes = values[best]
+        if with_nulls:
+            core_classes[core_nulls] = CELL_NULL
+        classes[:, a:b] = core_classes
         if probabilities is not None:
-            probabilities[:, a:b] = kept
-        best = np.argmax(np.nan_to_num(kept, nan=0.0), axis=-1)
-        classes[:, a:b] = np.where(core_nulls, CELL_NULL, values[best])
-        stats.cells += int((~core_nulls).sum())
-        stats.mapped += np.bincount(best[~core_nulls], minlength=len(values))
+            probabilities[:, :, a:b] = kept
+            if with_nulls:
+                probabilities[:, :, a:b][:, core_nulls] = np.nan
+        stats.cells += core_nulls.size - int(np.count_nonzero(core_nulls))
+        stats.mapped += counts
         stats.tiles += 1
 
     for core, window in tile_windows(written, tile_size, settings.margin, read):
@@ -177,7 +200,7 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
         if core_nulls.all():
             continue
         c0, c1 = window.col0 - read.col0, window.col1 - read.col0
-        array = np.ascontiguousarray(np.moveaxis(data[:, :, c0:c1], 0, -1))
+        array = np.ascontiguousarray(data[:, :, c0:c1])
         group.append((core, window, core_nulls, array))
         if len(group) == group_size:
             predict_group()
@@ -235,7 +258,8 @@ class ArraySource:
 
 
 class ArraySink:
-    """Outputs of a region held in memory (CELL_NULL / NaN for NULL)."""
+    """Outputs of a region held in memory (CELL_NULL / NaN for NULL);
+    probabilities (rows, cols, classes)."""
 
     def __init__(self, rows, cols, n_classes, probabilities=False, uncertainty=False):
         self.classes = np.full((rows, cols), CELL_NULL, dtype=np.int32)
@@ -251,6 +275,6 @@ class ArraySink:
         cols = slice(window.col0, window.col1)
         self.classes[rows, cols] = classes
         if self.probabilities is not None:
-            self.probabilities[rows, cols] = probabilities
+            self.probabilities[rows, cols] = np.moveaxis(probabilities, 0, -1)
         if self.uncertainty is not None:
             self.uncertainty[rows, cols] = uncertainty

@@ -1,0 +1,608 @@
+#!/usr/bin/env python3
+"""The job's own machinery at scale: everything of i.ann.classify but the network.
+
+On a synthetic region of `--cells` cells (1 G by default: 32768 x 32768)
+of five 8-bit bands, as an orthophoto with a height band would give, made
+by r.mapcalc (the disk it takes is printed; everything is removed at the
+end), with a network whose cost is negligible (bench/pointwise_architecture.py:
+one 1 x 1 convolution, read with the fcn's margin so that the reads are
+those of a real job):
+
+1. the machine's floor for the same work, measured first: r.mapcalc
+   reading the five bands and writing one CELL map (GRASS's own tools);
+2. i.ann.classify, in one process and with nprocs=2, for each block size:
+   the machinery's rate (cells a second outside the network, per
+   process), the merge's time and share (the outputs finished: ranges,
+   metadata, renaming), the time to plan, the peak memory of a process;
+   the fixed cost of a block: 1024 x 1024 cells in 256 blocks of 64 cells
+   against one block, the same tiles of 64 cells in both, the difference
+   in time spent in blocks over 255; and at the smallest block size, a run
+   interrupted by Ctrl-C halfway and run again: the time to find the
+   blocks done and go on (resume);
+3. a job of Wallonia's size (270 G cells in blocks of 2048: 64,516
+   blocks) planned, its maps made, a marker for every block, found again
+   as by a resumed run, and finished, without classifying a cell: what
+   grows with the number of blocks, measured at that number; and Dask's
+   cost of a block (no-op tasks on a LocalCluster);
+4. fcn-32's rate on this machine (the module, one process), for the CPU
+   row of the cost model;
+
+then the cost model: Wallonia (270 G cells x 5 bands) on 1, 8 and 64 GPU
+workers at 20 M px/s each, and on 64 CPU workers as fast as this machine,
+with the hours in the network, in the machinery and in the serial steps.
+
+With `--compare DIR` (another checkout of i.ann, e.g. an earlier commit
+made with `git worktree add DIR <commit>`), its i.ann.classify runs the
+same one-process jobs too, on the same data, and the ratios of this
+checkout's figures to its figures are printed.
+
+Run: python3 bench/bench_scale.py [--cells 1073741824]
+     [--block-sizes 1024,2048,4096,8192] [--nprocs 1,2] [--folder DIR]
+     [--compare DIR]
+(`--cells 16000000 --block-sizes 512,1024` for a quick look.)
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from common import REPO, grass_session, module, print_table
+
+BANDS = 5
+CLASSES = 7
+WALLONIA_CELLS = 270e9
+GPU_RATE = 20e6
+WALLONIA_BLOCK = 2048
+PEAK_OF_CHILDREN = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], "
+    "capture_output=True, text=True); sys.stdout.write(r.stderr); "
+    "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+    "sys.exit(r.returncode)"
+)
+
+
+def disk_usage(path):
+    return int(subprocess.check_output(["du", "-sb", path]).split()[0])
+
+
+def make_bands(side):
+    """Five 8-bit bands of side x side cells, in one r.mapcalc run."""
+    import grass.script as gs
+
+    gs.run_command("g.region", n=side, s=0, e=side, w=0, res=1)
+    expressions = [
+        "band{b} = int(127 + 100 * sin(x() / (5 + {b})) * cos(y() / (7 + {b})))".format(
+            b=b
+        )
+        for b in range(BANDS)
+    ]
+    gs.write_command(
+        "r.mapcalc", file="-", stdin="\n".join(expressions), overwrite=True, quiet=True
+    )
+    return ["band{}".format(b) for b in range(BANDS)]
+
+
+def fcn_margin():
+    """The margin i.ann reads around the fcn's tiles."""
+    from iann.models import build_model
+    from iann.receptive_field import receptive_field
+    from iann.tiling import tiling_margin
+
+    model = build_model("fcn", (None, None, BANDS), CLASSES, filters=4)
+    field, _ = receptive_field(model, BANDS, 1)
+    return tiling_margin(field, 1)
+
+
+def make_bundle(folder, architecture, margin=None, **params):
+    """A bundle of an untrained network (speed does not depend on weights)."""
+    from iann import BUNDLE_FORMAT
+    from iann.bundle import save_bundle
+    from iann.models import build_model
+    from iann.receptive_field import receptive_field
+    from iann.tiling import tiling_margin
+
+    model = build_model(architecture, (None, None, BANDS), CLASSES, **params)
+    field, _ = receptive_field(model, BANDS, 1)
+    metadata = {
+        "format": BUNDLE_FORMAT,
+        "architecture": architecture,
+        "parameters": params,
+        "size_multiple": 1,
+        "bands": [{"name": "band{}".format(b)} for b in range(BANDS)],
+        "classes": [
+            {"index": i, "value": i + 1, "label": str(i + 1), "color": None}
+            for i in range(CLASSES)
+        ],
+        "normalisation": {"mean": [127.0] * BANDS, "std": [60.0] * BANDS},
+        "receptive_field": field,
+        "margin": tiling_margin(field, 1) if margin is None else margin,
+    }
+    if os.path.isfile(architecture):
+        metadata["architecture_file"] = architecture
+    os.makedirs(folder)
+    metadata, problem = save_bundle(folder, model, metadata)
+    if problem:
+        sys.exit("{}: {}".format(architecture, problem))
+
+
+def command(bundle, bands, output, checkout=None, **options):
+    script = module("i.ann.classify")
+    if checkout:
+        script[-1] = os.path.join(checkout, "i.ann.classify", "i.ann.classify.py")
+    return (
+        [sys.executable, "-c", PEAK_OF_CHILDREN]
+        + script
+        + ["input=" + ",".join(bands), "model=" + bundle, "output=" + output]
+        + ["{}={}".format(k, v) for k, v in options.items()]
+        + ["--overwrite", "--verbose"]
+    )
+
+
+def markers(output_folder):
+    folder = os.path.join(output_folder, "i.ann_jobs")
+    if not os.path.isdir(folder):
+        return 0
+    return sum(
+        len([n for n in os.listdir(os.path.join(folder, d)) if n.endswith(".json")])
+        for d in os.listdir(folder)
+        if d.startswith("blocks_")
+    )
+
+
+def parse(messages):
+    """The job's verbose figures: its steps, blocks and network seconds, peaks."""
+    text = " ".join(messages.split())
+    found = {}
+    steps = re.search(
+        r"plan ([\d.]+) s, maps made or found ([\d.]+) s, blocks ([\d.]+) s, "
+        r"outputs finished ([\d.]+) s",
+        text,
+    )
+    if steps:
+        found.update(
+            zip(("plan", "start", "blocks", "finish"), map(float, steps.groups()))
+        )
+    times = re.search(
+        r"Time in blocks ([\d.]+) s, of which the network ([\d.]+) s", text
+    )
+    if times:
+        found["in_blocks"], found["network"] = map(float, times.groups())
+    peak = re.search(r"peak memory of a process (\d+) MB", text)
+    if peak:
+        found["worker_peak"] = int(peak.group(1))
+    resumed = re.search(r"(\d+) of (\d+) blocks already classified", text)
+    if resumed:
+        found["resumed"] = int(resumed.group(1))
+    found["peak"] = int(messages.rsplit("PEAK", 1)[1].split()[0]) // 1024
+    return found
+
+
+def run_module(args_list):
+    started = time.perf_counter()
+    result = subprocess.run(args_list, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(result.stdout[-3000:])
+    figures = parse(result.stdout)
+    figures["module"] = seconds
+    return figures
+
+
+def interrupted_then_resumed(args_list, mapset_folder, n_blocks):
+    """Run, Ctrl-C once half the blocks are done, run again: both runs' figures."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        args_list,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    while markers(mapset_folder) < max(1, n_blocks // 2):
+        if process.poll() is not None:
+            sys.exit("the run ended before half its blocks: " + process.stdout.read())
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    process.communicate()
+    first = time.perf_counter() - started
+    second = run_module(args_list)
+    second["first_run"] = first
+    return second
+
+
+def wallonia_plan(bands, bundle, tmp):
+    """Plan, maps, markers, resume and finish of a Wallonia-sized job, no cell run."""
+    import grass.script as gs
+
+    from iann.blocks import BlockResult, mark_done
+    from iann.jobs import ClassifyRequest, combined_ranges, plan
+    from iann.job_store import OutputLock, end_job, start_job, block_results
+
+    side = math.isqrt(int(WALLONIA_CELLS))
+    side -= side % WALLONIA_BLOCK
+    gs.run_command("g.region", n=side, s=0, e=side, w=0, res=1)
+    os.environ["GRASS_REGION"] = gs.region_env()
+    from iann.grassio import refresh_region
+
+    refresh_region()
+    times = {}
+    try:
+        request = ClassifyRequest(
+            bands=bands, bundle=bundle, output="wallonia", block_size=WALLONIA_BLOCK
+        )
+        started = time.perf_counter()
+        job_plan = plan(request, [])
+        times["plan"] = time.perf_counter() - started
+        job = job_plan.job
+        with OutputLock("wallonia") as lock:
+            started = time.perf_counter()
+            start_job(job, lock)
+            times["maps"] = time.perf_counter() - started
+            started = time.perf_counter()
+            for block in job_plan.blocks:
+                mark_done(
+                    job,
+                    BlockResult(
+                        index=block.index,
+                        worker="w",
+                        cells=block.core.cells,
+                        mapped=[block.core.cells] + [0] * (CLASSES - 1),
+                        ranges=[[1, 1]],
+                        seconds=0.0,
+                        network_seconds=0.0,
+                        engine_loads=1,
+                    ),
+                )
+            times["markers"] = time.perf_counter() - started
+            started = time.perf_counter()
+            done = start_job(job, lock)
+            results = block_results(job, sorted(done))
+            times["resume"] = time.perf_counter() - started
+            started = time.perf_counter()
+            ranges = combined_ranges(results, 1)
+            job.classes.write_range(*ranges[0])
+            end_job(job, lock)
+            times["finish"] = time.perf_counter() - started
+        times["blocks"] = len(job_plan.blocks)
+    finally:
+        del os.environ["GRASS_REGION"]
+    return times
+
+
+def dask_cost_per_task(tasks=20000):
+    """Seconds a no-op task costs on a LocalCluster of two one-thread workers."""
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        started = time.perf_counter()
+        futures = [
+            client.submit(abs, i, key="noop-{}".format(i), pure=False)
+            for i in range(tasks)
+        ]
+        for _future in as_completed(futures):
+            pass
+        return (time.perf_counter() - started) / tasks
+
+
+def hours(seconds):
+    return "{:.2f}".format(seconds / 3600)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", type=float, default=2**30)
+    parser.add_argument("--block-sizes", default="1024,2048,4096,8192")
+    parser.add_argument("--nprocs", default="1,2")
+    parser.add_argument("--folder", default=None, help="where the project is made")
+    parser.add_argument("--compare", default=None, help="another checkout of i.ann")
+    args = parser.parse_args()
+    side = math.isqrt(int(args.cells))
+    cells = side * side
+    block_sizes = [int(b) for b in args.block_sizes.split(",")]
+    nprocs_list = [int(n) for n in args.nprocs.split(",")]
+    rows, compared = [], []
+    with grass_session(folder=args.folder) as tmp:
+        import grass.script as gs
+
+        env = gs.gisenv()
+        mapset_folder = os.path.join(
+            env["GISDBASE"], env["LOCATION_NAME"], env["MAPSET"]
+        )
+        started = time.perf_counter()
+        bands = make_bands(side)
+        made = time.perf_counter() - started
+        print(
+            "{0} x {0} cells x {1} bands made in {2:.0f} s, {3:.1f} GB on disk".format(
+                side, BANDS, made, disk_usage(mapset_folder) / 1e9
+            ),
+            flush=True,
+        )
+        started = time.perf_counter()
+        gs.mapcalc(
+            "floor = int({})".format(" + ".join(bands)), overwrite=True, quiet=True
+        )
+        floor_rate = cells / (time.perf_counter() - started)
+        gs.run_command("g.remove", type="raster", name="floor", flags="f", quiet=True)
+        print(
+            "floor (r.mapcalc, 5 bands in, 1 CELL map out): {:.1f} M cells/s".format(
+                floor_rate / 1e6
+            ),
+            flush=True,
+        )
+        margin = fcn_margin()
+        pointwise = os.path.join(tmp, "pointwise")
+        make_bundle(
+            pointwise,
+            os.path.join(REPO, "bench", "pointwise_architecture.py"),
+            margin=margin,
+        )
+        for block_size in block_sizes:
+            n_blocks = math.ceil(side / block_size) ** 2
+            for nprocs in nprocs_list:
+                figures = run_module(
+                    command(
+                        pointwise,
+                        bands,
+                        "classes",
+                        block_size=block_size,
+                        nprocs=nprocs,
+                    )
+                )
+                figures.update(block_size=block_size, nprocs=nprocs, n=n_blocks)
+                rows.append(figures)
+                print(json.dumps(figures), flush=True)
+                gs.run_command(
+                    "g.remove", type="raster", name="classes", flags="f", quiet=True
+                )
+                if args.compare and nprocs == 1:
+                    earlier = run_module(
+                        command(
+                            pointwise,
+                            bands,
+                            "classes",
+                            checkout=args.compare,
+                            block_size=block_size,
+                        )
+                    )
+                    earlier.update(block_size=block_size, n=n_blocks)
+                    compared.append((figures, earlier))
+                    print("compared:", json.dumps(earlier), flush=True)
+                    gs.run_command(
+                        "g.remove", type="raster", name="classes", flags="f", quiet=True
+                    )
+        block_size, nprocs = min(block_sizes), max(nprocs_list)
+        resumed = interrupted_then_resumed(
+            command(pointwise, bands, "classes", block_size=block_size, nprocs=nprocs),
+            mapset_folder,
+            math.ceil(side / block_size) ** 2,
+        )
+        resumed.update(block_size=block_size, nprocs=nprocs)
+        print(json.dumps(resumed), flush=True)
+        gs.run_command("g.remove", type="raster", name="classes", flags="f", quiet=True)
+        fixed = fixed_cost_per_block(bands, pointwise)
+        print("fixed cost of a block: {:.1f} ms".format(fixed * 1000), flush=True)
+        wallonia = wallonia_plan(bands, pointwise, tmp)
+        print(json.dumps(wallonia), flush=True)
+        per_task = dask_cost_per_task()
+        print("Dask: {:.2f} ms a no-op task".format(per_task * 1000), flush=True)
+        gs.run_command("g.region", n=2048, s=0, e=2048, w=0, res=1)
+        fcn = os.path.join(tmp, "fcn32")
+        make_bundle(fcn, "fcn", filters=32)
+        fcn_figures = run_module(command(fcn, bands, "fcn", block_size=2048))
+        fcn_rate = 2048 * 2048 / fcn_figures["in_blocks"]
+        print("fcn-32: {:.2f} M cells/s in blocks".format(fcn_rate / 1e6), flush=True)
+    report(rows, resumed, cells, side, floor_rate, margin, wallonia, per_task, fcn_rate)
+    print(
+        "\nFixed cost of a block (256 blocks of 64 cells against one block of the "
+        "same tiles): {:.1f} ms".format(fixed * 1000)
+    )
+    if compared:
+        report_comparison(compared, cells, args.compare)
+
+
+def report_comparison(compared, cells, checkout):
+    """This checkout's one-process runs against those of another checkout."""
+    print(
+        "\nThis checkout against {} (one process, ratios new / earlier)\n".format(
+            checkout
+        )
+    )
+    table = []
+    for new, old in compared:
+        new_rate = cells / (new["in_blocks"] - new["network"])
+        old_rate = cells / (old["in_blocks"] - old["network"])
+        table.append(
+            [
+                new["block_size"],
+                new["n"],
+                "{:.0f} / {:.0f}".format(new["module"], old["module"]),
+                "{:.2f}".format(old["module"] / new["module"]),
+                "{:.2f} / {:.2f}".format(new_rate / 1e6, old_rate / 1e6),
+                "{:.2f}".format(new_rate / old_rate),
+                "{:.1f} / {:.1f}".format(new["finish"], old.get("finish", 0)),
+            ]
+        )
+    print_table(
+        [
+            "block_size",
+            "blocks",
+            "module s, new / earlier",
+            "speed-up",
+            "machinery M cells/s, new / earlier",
+            "x",
+            "merge s, new / earlier",
+        ],
+        table,
+    )
+
+
+def report(
+    rows, resumed, cells, side, floor_rate, margin, wallonia, per_task, fcn_rate
+):
+    """The tables: runs, fixed cost of a block, Wallonia's cost model."""
+    print(
+        "\n{0} x {0} cells ({1:.2f} G) x {2} bands, 1 x 1 network read with a margin "
+        "of {3} cells, {4} cores; floor (r.mapcalc, 5 bands -> 1 CELL map): "
+        "{5:.1f} M cells/s\n".format(
+            side,
+            cells / 1e9,
+            BANDS,
+            margin,
+            len(os.sched_getaffinity(0)),
+            floor_rate / 1e6,
+        )
+    )
+    table = []
+    for r in rows:
+        # Per process: the blocks' seconds are summed over the processes.
+        r["machinery_rate"] = cells / (r["in_blocks"] - r["network"])
+        table.append(
+            [
+                r["block_size"],
+                r["n"],
+                r["nprocs"],
+                "{:.0f}".format(r["module"]),
+                "{:.2f}".format(cells / r["module"] / 1e6),
+                "{:.2f}".format(r["machinery_rate"] / 1e6),
+                "{:.2f}".format(r["machinery_rate"] / floor_rate),
+                "{:.2f} ({:.1%})".format(r["finish"], r["finish"] / r["module"]),
+                "{:.2f}".format(r["plan"] + r["start"]),
+                r.get("worker_peak", ""),
+                r["peak"],
+            ]
+        )
+    print_table(
+        [
+            "block_size",
+            "blocks",
+            "nprocs",
+            "module s",
+            "M cells/s",
+            "machinery M cells/s a process",
+            "x floor",
+            "merge s (share)",
+            "plan s",
+            "peak MB, block process",
+            "peak MB, any process",
+        ],
+        table,
+    )
+    print(
+        "\nResume: blocks of {}, nprocs={}, interrupted with Ctrl-C after {:.0f} s; "
+        "the rerun found {} blocks done and went on in {:.2f} s (plan {:.2f} s), "
+        "{:.0f} s in all".format(
+            resumed["block_size"],
+            resumed["nprocs"],
+            resumed["first_run"],
+            resumed.get("resumed", 0),
+            resumed["start"],
+            resumed["plan"],
+            resumed["module"],
+        )
+    )
+    # One process a worker, at the block size of Wallonia's plan (or the
+    # nearest measured).
+    single = [r for r in rows if r["nprocs"] == 1] or rows
+    nearest = min(single, key=lambda r: abs(r["block_size"] - WALLONIA_BLOCK))
+    machinery_rate = nearest["machinery_rate"]
+    n_blocks = wallonia["blocks"]
+    serial = (
+        wallonia["plan"]
+        + wallonia["maps"]
+        + wallonia["resume"]
+        + wallonia["finish"]
+        + per_task * n_blocks
+    )
+    print(
+        "\nWallonia-sized job ({} blocks of {}): plan {:.1f} s, maps made {:.2f} s, "
+        "{} markers written {:.1f} s (by the workers, in parallel), found again "
+        "and read {:.1f} s, finished {:.2f} s; Dask {:.2f} ms a block".format(
+            n_blocks,
+            WALLONIA_BLOCK,
+            wallonia["plan"],
+            wallonia["maps"],
+            n_blocks,
+            wallonia["markers"],
+            wallonia["resume"],
+            wallonia["finish"],
+            per_task * 1000,
+        )
+    )
+    print(
+        "\nCost model: Wallonia, {:.0f} G cells x {} bands; machinery {:.2f} M "
+        "cells/s per process (measured above, one process per worker), serial "
+        "steps {:.0f} s (plan, maps, resume, finish, Dask's scheduling of {} "
+        "blocks)\n".format(
+            WALLONIA_CELLS / 1e9, BANDS, machinery_rate / 1e6, serial, n_blocks
+        )
+    )
+    model_rows = []
+    for label, workers, rate in (
+        ("1 GPU, 20 M px/s", 1, GPU_RATE),
+        ("8 GPUs", 8, GPU_RATE),
+        ("64 GPUs", 64, GPU_RATE),
+        ("64 CPU workers like this machine (fcn-32)", 64, fcn_rate),
+    ):
+        network = WALLONIA_CELLS / (workers * rate)
+        machinery = WALLONIA_CELLS / (workers * machinery_rate)
+        total = network + machinery + serial
+        feeders = math.ceil(rate / machinery_rate)
+        with_feeders = max(network, machinery / feeders) + serial
+        model_rows.append(
+            [
+                label,
+                hours(network),
+                hours(machinery),
+                hours(serial),
+                hours(total),
+                "{:.0%}".format(max(network, machinery) / total),
+                feeders,
+                hours(with_feeders),
+            ]
+        )
+    print_table(
+        [
+            "workers",
+            "network h",
+            "machinery h",
+            "serial steps h",
+            "total h (one process a worker)",
+            "largest share",
+            "processes a worker to keep up",
+            "total h with them",
+        ],
+        model_rows,
+    )
+
+
+def fixed_cost_per_block(bands, bundle, side=1024, block_size=64):
+    """Seconds a block costs beyond its cells (see the module's docstring)."""
+    import grass.script as gs
+
+    gs.run_command("g.region", n=side, s=0, e=side, w=0, res=1)
+    times = {}
+    for size in (block_size, side):
+        figures = run_module(
+            command(bundle, bands, "fixed", block_size=size, tile_size=block_size)
+        )
+        times[size] = figures["in_blocks"]
+        gs.run_command("g.remove", type="raster", name="fixed", flags="f", quiet=True)
+    n_blocks = (side // block_size) ** 2
+    return (times[block_size] - times[side]) / (n_blocks - 1)
+
+
+if __name__ == "__main__":
+    main()

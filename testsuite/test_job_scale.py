@@ -1,0 +1,205 @@
+"""Jobs of many blocks: planned, killed, resumed, written in place, and the
+maps they leave as ordinary as any GRASS map.
+
+The blocks are written straight into the job's maps (no merge): a job of
+thousands of blocks must give the map of one block, resume after SIGKILL,
+and leave maps that GRASS's own modules read as they read a map written
+by GRASS itself, and that g.rename and g.remove handle whole.
+"""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import grass.script as gs
+
+from conftest import assert_fails, make_synthetic, read_map, run, run_ok
+from test_blocks import (
+    assert_no_job_left,
+    done_blocks,
+    group_alive,
+    location_path,
+    start,
+    stop_group,
+    wait_for,
+)
+
+POINTWISE = """
+import keras
+from keras import layers
+
+
+def build_model(input_shape, n_classes):
+    inputs = keras.Input(shape=(None, None, input_shape[-1]))
+    scores = layers.Conv2D(n_classes, 1)(inputs)
+    return keras.Model(inputs, layers.Softmax()(scores))
+"""
+
+
+@pytest.fixture(scope="module")
+def pointwise_bundle(synthetic_patches, tmp_path_factory):
+    """A network of one 1 x 1 convolution (no margin: blocks of 8 cells)."""
+    folder = tmp_path_factory.mktemp("pointwise")
+    architecture = folder / "pointwise.py"
+    architecture.write_text(POINTWISE)
+    output = folder / "model"
+    run_ok(
+        "i.ann.train",
+        input=synthetic_patches,
+        output=output,
+        architecture=architecture,
+        epochs=3,
+        batch_size=8,
+        learning_rate=0.05,
+        seed=1,
+    )
+    return output
+
+
+def mapset_files():
+    """Every file of the current mapset, relative to it."""
+    folder = location_path() / gs.gisenv()["MAPSET"]
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and ".tmp" not in p.parts
+    )
+
+
+def test_thousands_of_blocks_resume_after_sigkill(mapset, pointwise_bundle):
+    """2500 blocks of 8 x 8 cells: killed, resumed, the map of one block."""
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=400, cols=400)
+    common = dict(input=",".join(bands), model=pointwise_bundle)
+    run_ok(
+        "i.ann.classify",
+        output="one",
+        uncertainty="one_u",
+        block_size=1000000,
+        **common
+    )
+    options = dict(output="many", uncertainty="many_u", block_size=8, nprocs=2)
+    process = start("i.ann.classify", **options, **common)
+    try:
+        wait_for(lambda: done_blocks() >= 300, 300, "300 blocks")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
+    finally:
+        stop_group(process)
+    kept = done_blocks()
+    assert 300 <= kept < 2500
+    assert not gs.find_file("many", element="cell")["fullname"]
+    result = run_ok("i.ann.classify", "verbose", **options, **common)
+    message = " ".join(result.stderr.split())
+    assert "in 2500 blocks of up to 8 cells" in message
+    assert "{} of 2500 blocks already classified".format(kept) in message
+    one = read_map("one", null=-1, dtype=np.int32)
+    assert (one != -1).sum() > 1000 and len(np.unique(one[one != -1])) >= 2
+    np.testing.assert_array_equal(read_map("many", null=-1, dtype=np.int32), one)
+    np.testing.assert_allclose(
+        read_map("many_u", null=np.nan), read_map("one_u", null=np.nan), atol=1e-6
+    )
+    assert_no_job_left()
+
+
+def render(name, path):
+    """d.rast of a map into a PNG file (GRASS's own display module)."""
+    env = dict(
+        os.environ,
+        GRASS_RENDER_IMMEDIATE="png",
+        GRASS_RENDER_FILE=str(path),
+        GRASS_RENDER_WIDTH="160",
+        GRASS_RENDER_HEIGHT="120",
+    )
+    subprocess.run(["d.rast", "map=" + name, "--quiet"], check=True, env=env)
+    return Path(path).read_bytes()
+
+
+def test_outputs_are_ordinary_maps(mapset, pointwise_bundle, tmp_path):
+    """The written-in-place maps read as GRASS's own copies of them do.
+
+    Oracle: the same maps written by GRASS itself (r.mapcalc copies, with
+    the same colours): r.univar, r.info's range, r.out.gdal's file and
+    d.rast's picture must be the same. Renamed, then removed, the maps
+    leave the mapset's files as they were before the job.
+    """
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=60, cols=80)
+    before = mapset_files()
+    run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=pointwise_bundle,
+        output="out",
+        probabilities="out_p",
+        uncertainty="out_u",
+        block_size=16,
+    )
+    maps = ["out", "out_p_11", "out_p_21", "out_p_31", "out_u"]
+    for name in maps:
+        copy = "copy_" + name
+        gs.mapcalc("{} = {}".format(copy, name), quiet=True)
+        gs.run_command("r.colors", map=copy, raster=name, quiet=True)
+        for flags in ("g", "ge"):
+            assert gs.read_command("r.univar", map=name, flags=flags) == (
+                gs.read_command("r.univar", map=copy, flags=flags)
+            ), name
+        info = gs.raster_info(name)
+        assert info["datatype"] == gs.raster_info(copy)["datatype"]
+        assert (info["min"], info["max"]) == (
+            gs.raster_info(copy)["min"],
+            gs.raster_info(copy)["max"],
+        ), name
+        checksums = []
+        for each in (name, copy):
+            tif = tmp_path / (each + ".tif")
+            gs.run_command(
+                "r.out.gdal", input=each, output=str(tif), flags="c", quiet=True
+            )
+            report = subprocess.run(
+                ["gdalinfo", "-checksum", str(tif)], capture_output=True, text=True
+            ).stdout
+            checksums.append(
+                [line for line in report.splitlines() if "Checksum" in line]
+            )
+        assert checksums[0] and checksums[0] == checksums[1], name
+        assert render(name, tmp_path / "a.png") == render(copy, tmp_path / "b.png")
+        gs.run_command("g.remove", type="raster", name=copy, flags="f", quiet=True)
+    categories = gs.read_command("r.category", map="out")
+    assert "11\twater" in categories
+    assert "i.ann.classify" in gs.read_command("r.info", map="out", flags="h")
+    # Whole under another name, then gone without a trace.
+    gs.run_command("g.rename", raster=("out", "renamed"), quiet=True)
+    assert (read_map("renamed", null=-1) != -1).sum() > 0
+    gs.run_command(
+        "g.remove", type="raster", name=["renamed"] + maps[1:], flags="f", quiet=True
+    )
+    assert mapset_files() == before
+    assert_no_job_left()
+
+
+def test_a_second_run_for_the_same_output_stops_at_once(mapset, pointwise_bundle):
+    """Two runs must not write one job's maps: the second is refused."""
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=400, cols=400)
+    options = dict(
+        input=",".join(bands), model=pointwise_bundle, output="busy", block_size=8
+    )
+    process = start("i.ann.classify", **options)
+    try:
+        wait_for(lambda: done_blocks() >= 20, 300, "20 blocks")
+        assert_fails(
+            run("i.ann.classify", **options),
+            "Another run of i.ann.classify is classifying <busy>",
+        )
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        stop_group(process)
+    assert process.returncode == 0, stderr
+    assert (read_map("busy", null=-1) != -1).sum() > 0
+    assert_no_job_left()
