@@ -4,27 +4,35 @@
 On a synthetic region of `--cells` cells (1 G by default: 32768 x 32768)
 of five 8-bit bands, as an orthophoto with a height band would give, made
 by r.mapcalc (the disk it takes is printed; everything is removed at the
-end), with a network whose cost is negligible (bench/pointwise_architecture.py:
+end), with a network whose cost is small (bench/pointwise_architecture.py:
 one 1 x 1 convolution, read with the fcn's margin so that the reads are
-those of a real job):
+those of a real job), in `--rounds` interleaved rounds (this machine's
+speed varies; each round's runs are compared with that round's floor):
 
-1. the machine's floor for the same work, measured first: r.mapcalc
-   reading the five bands and writing one CELL map (GRASS's own tools);
-2. i.ann.classify, in one process and with nprocs=2, for each block size:
-   the machinery's rate (cells a second outside the network, per
-   process), the merge's time and share (the outputs finished: ranges,
-   metadata, renaming), the time to plan, the peak memory of a process;
-   the fixed cost of a block: 1024 x 1024 cells in 256 blocks of 64 cells
+1. the machine's floor for the same work: r.mapcalc reading the five
+   bands and writing one CELL map (GRASS's own tools);
+2. i.ann.classify, in one process and with nprocs=2, for each number of
+   rows of a block (`--block-sizes`, the columns as memory allows: the
+   default), blocks of 2048 x 2048 cells (the shape of earlier versions)
+   and blocks of 2048 rows as wide as the region (memory=4096): the
+   machinery's rate (cells a second outside the network, per process,
+   and as a share of the floor), the merge's time and share (the outputs
+   finished: ranges, metadata, renaming), the time to plan, the peak
+   memory of a process;
+
+once:
+
+3. the fixed cost of a block: 1024 x 1024 cells in 256 blocks of 64 x 64
    against one block, the same tiles of 64 cells in both, the difference
-   in time spent in blocks over 255; and at the smallest block size, a run
-   interrupted by Ctrl-C halfway and run again: the time to find the
-   blocks done and go on (resume);
-3. a job of Wallonia's size (270 G cells in blocks of 2048: 64,516
-   blocks) planned, its maps made, a marker for every block, found again
-   as by a resumed run, and finished, without classifying a cell: what
-   grows with the number of blocks, measured at that number; and Dask's
-   cost of a block (no-op tasks on a LocalCluster);
-4. fcn-32's rate on this machine (the module, one process), for the CPU
+   in time spent in blocks over 255; a run interrupted by Ctrl-C halfway
+   and run again: the time to find the blocks done and go on (resume);
+4. jobs of Wallonia's size (270 G cells) planned, their maps made, a
+   marker for every block, found again as by a resumed run, and
+   finished, without classifying a cell, with today's default blocks and
+   with 64,009 blocks of 2048 x 2048 cells: what grows with the number of
+   blocks, measured at that number; and Dask's cost of a block (no-op
+   tasks on a LocalCluster);
+5. fcn-32's rate on this machine (the module, one process), for the CPU
    row of the cost model;
 
 then the cost model: Wallonia (270 G cells x 5 bands) on 1, 8 and 64 GPU
@@ -33,13 +41,12 @@ with the hours in the network, in the machinery and in the serial steps.
 
 With `--compare DIR` (another checkout of i.ann, e.g. an earlier commit
 made with `git worktree add DIR <commit>`), its i.ann.classify runs the
-same one-process jobs too, on the same data, and the ratios of this
-checkout's figures to its figures are printed.
+one-process job of 2048-cell blocks too, in every round, on the same data.
 
 Run: python3 bench/bench_scale.py [--cells 1073741824]
-     [--block-sizes 1024,2048,4096,8192] [--nprocs 1,2] [--folder DIR]
-     [--compare DIR]
-(`--cells 16000000 --block-sizes 512,1024` for a quick look.)
+     [--block-sizes 1024,2048,4096,8192] [--nprocs 1,2] [--rounds 2]
+     [--folder DIR] [--compare DIR]
+(`--cells 16000000 --block-sizes 512,1024 --rounds 1` for a quick look.)
 """
 
 import argparse
@@ -48,6 +55,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -58,7 +66,7 @@ BANDS = 5
 CLASSES = 7
 WALLONIA_CELLS = 270e9
 GPU_RATE = 20e6
-WALLONIA_BLOCK = 2048
+DEFAULT_ROWS = 2048
 PEAK_OF_CHILDREN = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], "
     "capture_output=True, text=True); sys.stdout.write(r.stderr); "
@@ -156,9 +164,15 @@ def markers(output_folder):
 
 
 def parse(messages):
-    """The job's verbose figures: its steps, blocks and network seconds, peaks."""
+    """The job's verbose figures: its blocks, steps, network seconds, peaks."""
     text = " ".join(messages.split())
     found = {}
+    blocks = re.search(r"in (\d+) blocks of up to (\d+)(?: x (\d+))? cells", text)
+    if blocks:
+        found["n"] = int(blocks.group(1))
+        found["shape"] = "{} x {}".format(
+            blocks.group(2), blocks.group(3) or blocks.group(2)
+        )
     steps = re.search(
         r"plan ([\d.]+) s, maps made or found ([\d.]+) s, blocks ([\d.]+) s, "
         r"outputs finished ([\d.]+) s",
@@ -168,6 +182,9 @@ def parse(messages):
         found.update(
             zip(("plan", "start", "blocks", "finish"), map(float, steps.groups()))
         )
+    merged = re.search(r"Blocks merged into the outputs in ([\d.]+) s", text)
+    if merged:  # an earlier version's merge (--compare)
+        found["finish"] = float(merged.group(1))
     times = re.search(
         r"Time in blocks ([\d.]+) s, of which the network ([\d.]+) s", text
     )
@@ -216,25 +233,28 @@ def interrupted_then_resumed(args_list, mapset_folder, n_blocks):
     return second
 
 
-def wallonia_plan(bands, bundle, tmp):
+def wallonia_plan(bands, bundle, block_size, block_cols=None):
     """Plan, maps, markers, resume and finish of a Wallonia-sized job, no cell run."""
     import grass.script as gs
 
     from iann.blocks import BlockResult, mark_done
+    from iann.grassio import refresh_region
     from iann.jobs import ClassifyRequest, combined_ranges, plan
     from iann.job_store import OutputLock, end_job, start_job, block_results
 
     side = math.isqrt(int(WALLONIA_CELLS))
-    side -= side % WALLONIA_BLOCK
+    side -= side % 2048
     gs.run_command("g.region", n=side, s=0, e=side, w=0, res=1)
     os.environ["GRASS_REGION"] = gs.region_env()
-    from iann.grassio import refresh_region
-
     refresh_region()
     times = {}
     try:
         request = ClassifyRequest(
-            bands=bands, bundle=bundle, output="wallonia", block_size=WALLONIA_BLOCK
+            bands=bands,
+            bundle=bundle,
+            output="wallonia",
+            block_size=block_size,
+            block_cols=block_cols,
         )
         started = time.perf_counter()
         job_plan = plan(request, [])
@@ -265,13 +285,14 @@ def wallonia_plan(bands, bundle, tmp):
             results = block_results(job, sorted(done))
             times["resume"] = time.perf_counter() - started
             started = time.perf_counter()
-            ranges = combined_ranges(results, 1)
-            job.classes.write_range(*ranges[0])
+            job.classes.write_range(*combined_ranges(results, 1)[0])
             end_job(job, lock)
             times["finish"] = time.perf_counter() - started
         times["blocks"] = len(job_plan.blocks)
+        times["shape"] = "{} x {}".format(job_plan.block_size, job_plan.block_cols)
     finally:
         del os.environ["GRASS_REGION"]
+        refresh_region()
     return times
 
 
@@ -306,14 +327,38 @@ def main():
     parser.add_argument("--cells", type=float, default=2**30)
     parser.add_argument("--block-sizes", default="1024,2048,4096,8192")
     parser.add_argument("--nprocs", default="1,2")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--folder", default=None, help="where the project is made")
     parser.add_argument("--compare", default=None, help="another checkout of i.ann")
     args = parser.parse_args()
     side = math.isqrt(int(args.cells))
     cells = side * side
-    block_sizes = [int(b) for b in args.block_sizes.split(",")]
-    nprocs_list = [int(n) for n in args.nprocs.split(",")]
-    rows, compared = [], []
+    configs = [
+        (
+            "{} rows, {} process{}".format(rows, nprocs, "es" if nprocs > 1 else ""),
+            {"block_size": rows, "nprocs": nprocs},
+            None,
+        )
+        for rows in (int(b) for b in args.block_sizes.split(","))
+        for nprocs in (int(n) for n in args.nprocs.split(","))
+    ]
+    configs.append(("2048 x 2048", {"block_size": "2048,2048", "nprocs": 1}, None))
+    configs.append(
+        (
+            "2048 rows, whole width",
+            {"block_size": 2048, "memory": 4096, "nprocs": 1},
+            None,
+        )
+    )
+    if args.compare:
+        configs.append(
+            (
+                "earlier checkout, 2048 x 2048, 1 process",
+                {"block_size": 2048},
+                args.compare,
+            )
+        )
+    runs = {label: [] for label, _options, _checkout in configs}
     with grass_session(folder=args.folder) as tmp:
         import grass.script as gs
 
@@ -324,229 +369,197 @@ def main():
         started = time.perf_counter()
         bands = make_bands(side)
         made = time.perf_counter() - started
+        data_bytes = disk_usage(mapset_folder)
         print(
-            "{0} x {0} cells x {1} bands made in {2:.0f} s, {3:.1f} GB on disk".format(
-                side, BANDS, made, disk_usage(mapset_folder) / 1e9
+            "{0} x {0} cells x {1} bands made in {2:.0f} s, {3:.2f} GB on disk".format(
+                side, BANDS, made, data_bytes / 1e9
             ),
             flush=True,
         )
-        started = time.perf_counter()
-        gs.mapcalc(
-            "floor = int({})".format(" + ".join(bands)), overwrite=True, quiet=True
-        )
-        floor_rate = cells / (time.perf_counter() - started)
-        gs.run_command("g.remove", type="raster", name="floor", flags="f", quiet=True)
-        print(
-            "floor (r.mapcalc, 5 bands in, 1 CELL map out): {:.1f} M cells/s".format(
-                floor_rate / 1e6
-            ),
-            flush=True,
-        )
-        margin = fcn_margin()
         pointwise = os.path.join(tmp, "pointwise")
         make_bundle(
             pointwise,
             os.path.join(REPO, "bench", "pointwise_architecture.py"),
-            margin=margin,
+            margin=fcn_margin(),
         )
-        for block_size in block_sizes:
-            n_blocks = math.ceil(side / block_size) ** 2
-            for nprocs in nprocs_list:
+        floors = []
+        for round_ in range(args.rounds):
+            started = time.perf_counter()
+            gs.mapcalc(
+                "floor = int({})".format(" + ".join(bands)), overwrite=True, quiet=True
+            )
+            floors.append(cells / (time.perf_counter() - started))
+            gs.run_command("g.remove", type="raster", name="floor", flags="f")
+            print("round {}: floor {:.2f} M cells/s".format(round_, floors[-1] / 1e6))
+            for label, options, checkout in configs:
                 figures = run_module(
-                    command(
-                        pointwise,
-                        bands,
-                        "classes",
-                        block_size=block_size,
-                        nprocs=nprocs,
-                    )
+                    command(pointwise, bands, "classes", checkout=checkout, **options)
                 )
-                figures.update(block_size=block_size, nprocs=nprocs, n=n_blocks)
-                rows.append(figures)
-                print(json.dumps(figures), flush=True)
+                figures["floor"] = floors[-1]
+                figures["nprocs"] = options.get("nprocs", 1)
+                runs[label].append(figures)
+                print(label, json.dumps(figures), flush=True)
                 gs.run_command(
                     "g.remove", type="raster", name="classes", flags="f", quiet=True
                 )
-                if args.compare and nprocs == 1:
-                    earlier = run_module(
-                        command(
-                            pointwise,
-                            bands,
-                            "classes",
-                            checkout=args.compare,
-                            block_size=block_size,
-                        )
-                    )
-                    earlier.update(block_size=block_size, n=n_blocks)
-                    compared.append((figures, earlier))
-                    print("compared:", json.dumps(earlier), flush=True)
-                    gs.run_command(
-                        "g.remove", type="raster", name="classes", flags="f", quiet=True
-                    )
-        block_size, nprocs = min(block_sizes), max(nprocs_list)
+        rows = min(int(b) for b in args.block_sizes.split(","))
         resumed = interrupted_then_resumed(
-            command(pointwise, bands, "classes", block_size=block_size, nprocs=nprocs),
+            command(pointwise, bands, "classes", block_size=rows, nprocs=1),
             mapset_folder,
-            math.ceil(side / block_size) ** 2,
+            runs["{} rows, 1 process".format(rows)][0]["n"],
         )
-        resumed.update(block_size=block_size, nprocs=nprocs)
-        print(json.dumps(resumed), flush=True)
+        print("resumed", json.dumps(resumed), flush=True)
         gs.run_command("g.remove", type="raster", name="classes", flags="f", quiet=True)
         fixed = fixed_cost_per_block(bands, pointwise)
         print("fixed cost of a block: {:.1f} ms".format(fixed * 1000), flush=True)
-        wallonia = wallonia_plan(bands, pointwise, tmp)
+        wallonia = [
+            wallonia_plan(bands, pointwise, DEFAULT_ROWS),
+            wallonia_plan(bands, pointwise, 2048, 2048),
+        ]
         print(json.dumps(wallonia), flush=True)
         per_task = dask_cost_per_task()
         print("Dask: {:.2f} ms a no-op task".format(per_task * 1000), flush=True)
         gs.run_command("g.region", n=2048, s=0, e=2048, w=0, res=1)
         fcn = os.path.join(tmp, "fcn32")
         make_bundle(fcn, "fcn", filters=32)
-        fcn_figures = run_module(command(fcn, bands, "fcn", block_size=2048))
+        fcn_figures = run_module(command(fcn, bands, "fcn"))
         fcn_rate = 2048 * 2048 / fcn_figures["in_blocks"]
         print("fcn-32: {:.2f} M cells/s in blocks".format(fcn_rate / 1e6), flush=True)
-    report(rows, resumed, cells, side, floor_rate, margin, wallonia, per_task, fcn_rate)
-    print(
-        "\nFixed cost of a block (256 blocks of 64 cells against one block of the "
-        "same tiles): {:.1f} ms".format(fixed * 1000)
+    report(
+        runs,
+        cells,
+        side,
+        data_bytes,
+        floors,
+        resumed,
+        fixed,
+        wallonia,
+        per_task,
+        fcn_rate,
     )
-    if compared:
-        report_comparison(compared, cells, args.compare)
 
 
-def report_comparison(compared, cells, checkout):
-    """This checkout's one-process runs against those of another checkout."""
-    print(
-        "\nThis checkout against {} (one process, ratios new / earlier)\n".format(
-            checkout
-        )
-    )
-    table = []
-    for new, old in compared:
-        new_rate = cells / (new["in_blocks"] - new["network"])
-        old_rate = cells / (old["in_blocks"] - old["network"])
-        table.append(
-            [
-                new["block_size"],
-                new["n"],
-                "{:.0f} / {:.0f}".format(new["module"], old["module"]),
-                "{:.2f}".format(old["module"] / new["module"]),
-                "{:.2f} / {:.2f}".format(new_rate / 1e6, old_rate / 1e6),
-                "{:.2f}".format(new_rate / old_rate),
-                "{:.1f} / {:.1f}".format(new["finish"], old.get("finish", 0)),
-            ]
-        )
-    print_table(
-        [
-            "block_size",
-            "blocks",
-            "module s, new / earlier",
-            "speed-up",
-            "machinery M cells/s, new / earlier",
-            "x",
-            "merge s, new / earlier",
-        ],
-        table,
-    )
+def median(values):
+    return statistics.median(values)
 
 
 def report(
-    rows, resumed, cells, side, floor_rate, margin, wallonia, per_task, fcn_rate
+    runs, cells, side, data_bytes, floors, resumed, fixed, wallonia, per_task, fcn_rate
 ):
-    """The tables: runs, fixed cost of a block, Wallonia's cost model."""
+    """The tables: runs, resume, fixed cost, Wallonia's plan, the cost model."""
     print(
-        "\n{0} x {0} cells ({1:.2f} G) x {2} bands, 1 x 1 network read with a margin "
-        "of {3} cells, {4} cores; floor (r.mapcalc, 5 bands -> 1 CELL map): "
-        "{5:.1f} M cells/s\n".format(
+        "\n{0} x {0} cells ({1:.2f} G) x {2} 8-bit bands ({3:.2f} GB), a 1 x 1 "
+        "network read with the fcn's margin, {4} cores, median of {5} rounds; "
+        "floor (r.mapcalc, 5 bands -> 1 CELL map): {6:.1f} M cells/s\n".format(
             side,
             cells / 1e9,
             BANDS,
-            margin,
+            data_bytes / 1e9,
             len(os.sched_getaffinity(0)),
-            floor_rate / 1e6,
+            len(floors),
+            median(floors) / 1e6,
         )
     )
     table = []
-    for r in rows:
+    rates = {}
+    for label, figures in runs.items():
         # Per process: the blocks' seconds are summed over the processes.
-        r["machinery_rate"] = cells / (r["in_blocks"] - r["network"])
+        machinery = [cells / (f["in_blocks"] - f["network"]) for f in figures]
+        share = [rate / f["floor"] for rate, f in zip(machinery, figures)]
+        rates[label] = median(machinery)
+        module_seconds = median([f["module"] for f in figures])
+        finish = median([f["finish"] for f in figures])
         table.append(
             [
-                r["block_size"],
-                r["n"],
-                r["nprocs"],
-                "{:.0f}".format(r["module"]),
-                "{:.2f}".format(cells / r["module"] / 1e6),
-                "{:.2f}".format(r["machinery_rate"] / 1e6),
-                "{:.2f}".format(r["machinery_rate"] / floor_rate),
-                "{:.2f} ({:.1%})".format(r["finish"], r["finish"] / r["module"]),
-                "{:.2f}".format(r["plan"] + r["start"]),
-                r.get("worker_peak", ""),
-                r["peak"],
+                label,
+                figures[0]["nprocs"],
+                figures[0].get("n", ""),
+                figures[0].get("shape", ""),
+                "{:.0f}".format(module_seconds),
+                "{:.2f}".format(cells / module_seconds / 1e6),
+                "{:.2f}".format(rates[label] / 1e6),
+                "{:.2f}".format(median(share)),
+                "{:.2f} ({:.2%})".format(finish, finish / module_seconds),
+                "{:.2f}".format(
+                    median([f.get("plan", 0) + f.get("start", 0) for f in figures])
+                ),
+                max(f.get("worker_peak", 0) for f in figures),
             ]
         )
     print_table(
         [
-            "block_size",
             "blocks",
             "nprocs",
+            "number",
+            "rows x cols",
             "module s",
             "M cells/s",
             "machinery M cells/s a process",
             "x floor",
             "merge s (share)",
             "plan s",
-            "peak MB, block process",
-            "peak MB, any process",
+            "peak MB a process",
         ],
         table,
     )
     print(
-        "\nResume: blocks of {}, nprocs={}, interrupted with Ctrl-C after {:.0f} s; "
-        "the rerun found {} blocks done and went on in {:.2f} s (plan {:.2f} s), "
-        "{:.0f} s in all".format(
-            resumed["block_size"],
-            resumed["nprocs"],
+        "\nResume: interrupted with Ctrl-C after {:.0f} s; the rerun found {} of {} "
+        "blocks done and went on in {:.2f} s (plan {:.2f} s)".format(
             resumed["first_run"],
             resumed.get("resumed", 0),
+            resumed.get("n", "?"),
             resumed["start"],
             resumed["plan"],
-            resumed["module"],
-        )
-    )
-    # One process a worker, at the block size of Wallonia's plan (or the
-    # nearest measured).
-    single = [r for r in rows if r["nprocs"] == 1] or rows
-    nearest = min(single, key=lambda r: abs(r["block_size"] - WALLONIA_BLOCK))
-    machinery_rate = nearest["machinery_rate"]
-    n_blocks = wallonia["blocks"]
-    serial = (
-        wallonia["plan"]
-        + wallonia["maps"]
-        + wallonia["resume"]
-        + wallonia["finish"]
-        + per_task * n_blocks
-    )
-    print(
-        "\nWallonia-sized job ({} blocks of {}): plan {:.1f} s, maps made {:.2f} s, "
-        "{} markers written {:.1f} s (by the workers, in parallel), found again "
-        "and read {:.1f} s, finished {:.2f} s; Dask {:.2f} ms a block".format(
-            n_blocks,
-            WALLONIA_BLOCK,
-            wallonia["plan"],
-            wallonia["maps"],
-            n_blocks,
-            wallonia["markers"],
-            wallonia["resume"],
-            wallonia["finish"],
-            per_task * 1000,
         )
     )
     print(
-        "\nCost model: Wallonia, {:.0f} G cells x {} bands; machinery {:.2f} M "
-        "cells/s per process (measured above, one process per worker), serial "
-        "steps {:.0f} s (plan, maps, resume, finish, Dask's scheduling of {} "
-        "blocks)\n".format(
-            WALLONIA_CELLS / 1e9, BANDS, machinery_rate / 1e6, serial, n_blocks
+        "Fixed cost of a block (256 blocks of 64 x 64 cells against one block of the "
+        "same tiles): {:.1f} ms".format(fixed * 1000)
+    )
+    print("\nWallonia-sized jobs, no cell classified:\n")
+    print_table(
+        [
+            "blocks",
+            "number",
+            "plan s",
+            "maps made s",
+            "markers written s (by the workers)",
+            "found again and read s",
+            "finished s",
+        ],
+        [
+            [
+                w["shape"],
+                w["blocks"],
+                "{:.1f}".format(w["plan"]),
+                "{:.2f}".format(w["maps"]),
+                "{:.1f}".format(w["markers"]),
+                "{:.1f}".format(w["resume"]),
+                "{:.2f}".format(w["finish"]),
+            ]
+            for w in wallonia
+        ],
+    )
+    print("Dask: {:.2f} ms a block (no-op tasks)".format(per_task * 1000))
+    default = "{} rows, 1 process".format(DEFAULT_ROWS)
+    machinery_rate = rates[default] if default in rates else max(rates.values())
+    plan = wallonia[0]
+    n_blocks = plan["blocks"]
+    serial = plan["plan"] + plan["maps"] + plan["resume"] + plan["finish"]
+    scheduling = per_task * n_blocks
+    print(
+        "\nCost model: Wallonia, {:.0f} G cells x {} bands, {} blocks of {} "
+        "cells; machinery {:.2f} M cells/s a process (blocks of {} rows, one "
+        "process, measured above); serial steps {:.0f} s (plan, maps, resume, "
+        "finish) and Dask's scheduling {:.0f} s (concurrent with the blocks)\n".format(
+            WALLONIA_CELLS / 1e9,
+            BANDS,
+            n_blocks,
+            plan["shape"],
+            machinery_rate / 1e6,
+            DEFAULT_ROWS,
+            serial,
+            scheduling,
         )
     )
     model_rows = []
@@ -558,31 +571,31 @@ def report(
     ):
         network = WALLONIA_CELLS / (workers * rate)
         machinery = WALLONIA_CELLS / (workers * machinery_rate)
-        total = network + machinery + serial
         feeders = math.ceil(rate / machinery_rate)
-        with_feeders = max(network, machinery / feeders) + serial
+        one_each = network + machinery + serial
+        with_feeders = max(network, machinery / feeders, scheduling) + serial
         model_rows.append(
             [
                 label,
                 hours(network),
                 hours(machinery),
                 hours(serial),
-                hours(total),
-                "{:.0%}".format(max(network, machinery) / total),
+                hours(one_each),
                 feeders,
                 hours(with_feeders),
+                "{:.1%}".format(serial / with_feeders),
             ]
         )
     print_table(
         [
             "workers",
             "network h",
-            "machinery h",
+            "machinery h (one process a worker)",
             "serial steps h",
-            "total h (one process a worker)",
-            "largest share",
+            "total h, one process a worker",
             "processes a worker to keep up",
             "total h with them",
+            "serial share",
         ],
         model_rows,
     )
@@ -596,7 +609,13 @@ def fixed_cost_per_block(bands, bundle, side=1024, block_size=64):
     times = {}
     for size in (block_size, side):
         figures = run_module(
-            command(bundle, bands, "fixed", block_size=size, tile_size=block_size)
+            command(
+                bundle,
+                bands,
+                "fixed",
+                block_size="{0},{0}".format(size),
+                tile_size=block_size,
+            )
         )
         times[size] = figures["in_blocks"]
         gs.run_command("g.remove", type="raster", name="fixed", flags="f", quiet=True)

@@ -95,9 +95,9 @@
 # % type: string
 # % required: no
 # % answer: auto
-# % key_desc: cells
-# % label: Size in cells of the blocks a process classifies at a time (8-1000000, or auto)
-# % description: auto: 4096 for GPU workers (-g, or Keras on a GPU of this machine), else 2048; the unit of parallel work and of resume, rounded to the network's grid and to 8 columns
+# % key_desc: size
+# % label: Rows (and columns) of the blocks a process classifies at a time (8-1000000, or auto)
+# % description: auto: 2048 rows, 4096 for GPU workers (-g, or Keras on a GPU of this machine); columns: as many as memory allows, up to the region; rounded to the network's grid and to 8 cells
 # % guisection: Processing
 # %end
 # %option G_OPT_M_NPROCS
@@ -359,6 +359,7 @@ def classify(options, flags):
     check_new_vector(options["vector"], gs.overwrite())
     if options["min_area"] and float(options["min_area"]) < 0:
         gs.fatal(_("min_area must not be negative"))
+    block_rows, block_cols = block_size_option(options, flags)
     request = ClassifyRequest(
         bands=bands,
         bundle=options["model"],
@@ -372,7 +373,8 @@ def classify(options, flags):
         engine=options["engine"],
         precision=options["precision"],
         tile_size=int(options["tile_size"]),
-        block_size=block_size_option(options, flags),
+        block_size=block_rows,
+        block_cols=block_cols,
         memory_mb=int(options["memory"]),
         batch=int(options["batch"]),
         nprocs=int(options["nprocs"]),
@@ -409,12 +411,12 @@ def classify(options, flags):
 
 
 def block_size_option(options, flags):
-    """block_size in cells; auto: larger blocks for GPU workers.
+    """block_size as (rows, columns or None: as many as memory allows).
 
-    A GPU classifies a block of 2048 cells in a fraction of a second: with
-    blocks of 4096 there are 4 times fewer blocks for Dask to schedule and
-    more rows of tiles in a block for reading and writing to overlap with
-    the network (see the manual's measurements).
+    auto: larger blocks for GPU workers. A GPU classifies a block of 2048
+    rows in a fraction of a second: with blocks of 4096 there are half as
+    many blocks for Dask to schedule, and more rows of tiles in a block for
+    reading and writing to overlap with the network (see the manual).
     """
     value = options["block_size"]
     if value == "auto":
@@ -423,18 +425,21 @@ def block_size_option(options, flags):
         on_gpu = flags["g"] or (
             options["engine"] in ("auto", "keras") and gpu_present()
         )
-        return 4096 if on_gpu else 2048
-    try:
-        size = int(value)
-    except ValueError:
-        size = 0
-    if not 8 <= size <= 1000000:
+        return (4096 if on_gpu else 2048), None
+    sizes = []
+    for part in value.split(","):
+        try:
+            sizes.append(int(part))
+        except ValueError:
+            sizes.append(0)
+    if len(sizes) > 2 or not all(8 <= size <= 1000000 for size in sizes):
         gs.fatal(
             _(
-                "block_size must be auto or a number of cells from 8 to 1000000, not <{}>"
+                "block_size must be auto, or rows or rows,columns from 8 to "
+                "1000000 cells, not <{}>"
             ).format(value)
         )
-    return size
+    return sizes[0], (sizes[1] if len(sizes) == 2 else None)
 
 
 def check_report_files(options):

@@ -265,8 +265,8 @@ def test_processes_and_cluster_equal_one_process(
         names = {}
         for how, options in (
             ("one", {"tile_size": 4096, "block_size": 100000}),
-            ("local", {"nprocs": 2, "block_size": 24, "tile_size": 16}),
-            ("cluster", {"scheduler": dask_cluster["address"], "block_size": 20}),
+            ("local", {"nprocs": 2, "block_size": "24,24", "tile_size": 16}),
+            ("cluster", {"scheduler": dask_cluster["address"], "block_size": "20,20"}),
         ):
             name = "{}_{}".format(how, suffix)
             result = run_ok(
@@ -305,8 +305,8 @@ def test_processes_and_cluster_equal_one_process(
     # Object-based: segments spanning blocks get one class over all blocks.
     for how, options in (
         ("one", {}),
-        ("local", {"nprocs": 2, "block_size": 24}),
-        ("cluster", {"scheduler": dask_cluster["address"], "block_size": 20}),
+        ("local", {"nprocs": 2, "block_size": "24,24"}),
+        ("cluster", {"scheduler": dask_cluster["address"], "block_size": "20,20"}),
     ):
         run_ok(
             "i.ann.classify",
@@ -345,7 +345,7 @@ def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
         model=trained_bundle,
         output="survived",
         scheduler=dask_cluster["address"],
-        block_size=16,
+        block_size="16,16",
     )
     try:
         wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
@@ -366,7 +366,10 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=160, cols=160)
     options = dict(
-        input=",".join(bands), model=trained_bundle, output="resumed", block_size=32
+        input=",".join(bands),
+        model=trained_bundle,
+        output="resumed",
+        block_size="32,32",
     )
     run_ok("i.ann.classify", input=options["input"], model=trained_bundle, output="ref")
     process = start("i.ann.classify", "t", nprocs=2, **options)
@@ -409,7 +412,7 @@ def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how, n
         model=trained_bundle,
         output="out",
         probabilities="outp",
-        block_size=32,
+        block_size="32,32",
         nprocs=nprocs,
     )
     try:
@@ -463,7 +466,7 @@ def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
             model=trained_bundle,
             output="kept",
             probabilities="keptp",
-            block_size=32,
+            block_size="32,32",
             **options,
         )
         assert result.returncode != 0
@@ -501,7 +504,7 @@ def test_resume_with_another_bundle_starts_afresh(mapset, trained_bundle, tmp_pa
         input=",".join(bands),
         model=bundle,
         output="resumed",
-        block_size=32,
+        block_size="32,32",
         engine="keras",
     )
     run_ok("i.ann.classify", "t", **dict(options, output="first"))
@@ -584,7 +587,29 @@ def test_bad_job_options(mapset, trained_bundle):
     # The fcn's margin is 25 cells: blocks are never smaller, and they
     # start on multiples of 8 columns.
     assert "block_size 20 rounded to 32" in message
+    # As wide as the region (20 columns) when memory allows.
+    assert "in 2 blocks of up to 32 x 20 cells" in message
     assert "2 blocks to classify: 2 processes instead of 4" in message
+    # Memory bounds the blocks' width: two rows of tiles of 32 cells plus
+    # the margins, for the two bands and the class map, 4 bytes a cell.
+    gs.run_command("g.region", rows=60, cols=4000)
+    result = run_ok(
+        "i.ann.classify",
+        input=",".join(bands),
+        model=trained_bundle,
+        output="narrow",
+        block_size=20,
+        memory=1,
+    )
+
+    def buffers(columns):
+        return 2 * (columns + 2 * 25) * 4 * ((32 + 2 * 25) * 2 + 32 * 1)
+
+    width = max(c for c in range(8, 4000, 8) if buffers(c) <= 2**20)
+    n_blocks = 2 * -(-4000 // width)
+    assert "in {} blocks of up to 32 x {} cells".format(n_blocks, width) in " ".join(
+        result.stderr.split()
+    )
     assert_no_job_left()
 
 
@@ -658,9 +683,10 @@ def test_pipeline_holds_one_tile_at_a_time(trained_bundle):
     )
     sink = ArraySink(rows, cols, n_classes)
     (block,) = block_grid(rows, cols, cols, margin)
-    # The shapes of the edge and inner tiles, run once before measuring.
+    # The shapes of the edge and inner tiles, run once before measuring
+    # (the class map alone: the engine gives the classes).
     for width in (tile + margin, tile + 2 * margin):
-        engine.predict(np.zeros((1, n_bands, rows, width), np.float32))
+        engine.predict_classes(np.zeros((1, n_bands, rows, width), np.float32))
     tracemalloc.start()
     try:
         classify_block(engine, settings, ArraySource(stack), sink, block, tile)

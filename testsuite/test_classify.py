@@ -104,7 +104,7 @@ def test_tiled_equals_whole(mapset, request, architecture):
     # to its 4-cell pooling grid.
     for name, options in (
         ("tiled", {"tile_size": 16}),
-        ("blocks", {"block_size": 24, "tile_size": 16}),
+        ("blocks", {"block_size": "24,24", "tile_size": 16}),
     ):
         run_ok(
             "i.ann.classify",

@@ -152,6 +152,24 @@ def test_engines_give_the_keras_map(mapset, architectures, architecture):
         )
         title = {"keras": "Keras", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
         assert "Engine: " + title[engine] in result.stderr
+        # The class map alone: the engine takes each cell's class itself.
+        run_ok(
+            "i.ann.classify",
+            input=",".join(bands),
+            model=bundle,
+            output=engine + "_alone",
+            engine=engine,
+            tile_size=32,
+        )
+        alone = read_map(engine + "_alone", null=-1, dtype=np.int32)
+        # Oracle: the most probable class of the probability maps it wrote.
+        stack = np.stack(
+            [read_map("{}_p_{}".format(engine, v), null=np.nan) for v in (11, 21, 31)]
+        )
+        best = np.argmax(np.nan_to_num(stack, nan=-1.0), axis=0)
+        expected = np.where(np.isnan(stack[0]), -1, np.array([11, 21, 31])[best])
+        np.testing.assert_array_equal(alone, expected, err_msg=engine)
+        np.testing.assert_array_equal(alone, read_map(engine, null=-1, dtype=np.int32))
     keras_map = read_map("keras", null=-1, dtype=np.int32)
     assert_classified(keras_map)
     for engine in engines[1:]:

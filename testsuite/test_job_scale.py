@@ -22,6 +22,7 @@ from test_blocks import (
     assert_no_job_left,
     done_blocks,
     group_alive,
+    job_maps,
     location_path,
     start,
     stop_group,
@@ -82,7 +83,7 @@ def test_thousands_of_blocks_resume_after_sigkill(mapset, pointwise_bundle):
         block_size=1000000,
         **common
     )
-    options = dict(output="many", uncertainty="many_u", block_size=8, nprocs=2)
+    options = dict(output="many", uncertainty="many_u", block_size="8,8", nprocs=2)
     process = start("i.ann.classify", **options, **common)
     try:
         wait_for(lambda: done_blocks() >= 300, 300, "300 blocks")
@@ -96,7 +97,7 @@ def test_thousands_of_blocks_resume_after_sigkill(mapset, pointwise_bundle):
     assert not gs.find_file("many", element="cell")["fullname"]
     result = run_ok("i.ann.classify", "verbose", **options, **common)
     message = " ".join(result.stderr.split())
-    assert "in 2500 blocks of up to 8 cells" in message
+    assert "in 2500 blocks of up to 8 x 8 cells" in message
     assert "{} of 2500 blocks already classified".format(kept) in message
     one = read_map("one", null=-1, dtype=np.int32)
     assert (one != -1).sum() > 1000 and len(np.unique(one[one != -1])) >= 2
@@ -138,7 +139,7 @@ def test_outputs_are_ordinary_maps(mapset, pointwise_bundle, tmp_path):
         output="out",
         probabilities="out_p",
         uncertainty="out_u",
-        block_size=16,
+        block_size="16,16",
     )
     maps = ["out", "out_p_11", "out_p_21", "out_p_31", "out_u"]
     for name in maps:
@@ -188,7 +189,10 @@ def test_a_second_run_for_the_same_output_stops_at_once(mapset, pointwise_bundle
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=400, cols=400)
     options = dict(
-        input=",".join(bands), model=pointwise_bundle, output="busy", block_size=8
+        input=",".join(bands),
+        model=pointwise_bundle,
+        output="busy",
+        block_size="8,8",
     )
     process = start("i.ann.classify", **options)
     try:
@@ -202,4 +206,36 @@ def test_a_second_run_for_the_same_output_stops_at_once(mapset, pointwise_bundle
         stop_group(process)
     assert process.returncode == 0, stderr
     assert (read_map("busy", null=-1) != -1).sum() > 0
+    assert_no_job_left()
+
+
+def test_giving_up_an_interrupted_job(mapset, pointwise_bundle):
+    """The manual's command to give up a job: the next run starts afresh."""
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=400, cols=400)
+    options = dict(
+        input=",".join(bands),
+        model=pointwise_bundle,
+        output="given",
+        block_size="8,8",
+    )
+    process = start("i.ann.classify", **options)
+    try:
+        wait_for(lambda: done_blocks() >= 20, 300, "20 blocks")
+        os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        stop_group(process)
+    assert job_maps()
+    subprocess.run(
+        'g.remove -f type=raster pattern="tmp_iann_*"', shell=True, check=True
+    )
+    assert job_maps() == []
+    result = run_ok("i.ann.classify", "verbose", **options)
+    assert "already classified" not in result.stderr
+    run_ok("i.ann.classify", **dict(options, output="whole", block_size=1000000))
+    np.testing.assert_array_equal(
+        read_map("given", null=-1, dtype=np.int32),
+        read_map("whole", null=-1, dtype=np.int32),
+    )
     assert_no_job_left()

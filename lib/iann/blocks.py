@@ -15,6 +15,7 @@ of the same job skips it (resume), a block killed half-way is classified
 again.
 """
 
+import atexit
 import errno
 import json
 import os
@@ -154,9 +155,18 @@ def prepare_grass(job):
                 )
             )
         os.environ["GISRC"] = gisrc
+        # Removed when the worker process ends (GRASS reads it at start-up).
+        atexit.register(remove_file, gisrc)
     import grass.script  # noqa: F401 - installs the translation function _
 
     _PROCESS["grass"] = True
+
+
+def remove_file(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def process_engine(job):
@@ -166,6 +176,12 @@ def process_engine(job):
         if job.engine == "keras" and "tensorflow" not in sys.modules:
             # The process's share of the cores, read by TensorFlow at start.
             os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(job.threads))
+        if job.engine == "keras":
+            # Several worker processes may share a GPU (reading and writing
+            # blocks while the others' networks run): none may take all of
+            # its memory at start, as TensorFlow and JAX do by default.
+            os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         from .bundle import read_bundle_metadata
         from .engines import load_engine
 

@@ -33,7 +33,13 @@ from .normalise import bundle_transform
 from .outputs import OutputMaps, finish, segment_sums, write_segment_classes
 from .pipeline import PredictionSettings
 from .shared_raster import COLUMN_ALIGNMENT, SharedRaster, cell_bytes
-from .tiling import block_grid, block_size_for, tile_size_for_memory
+from .tiling import (
+    block_grid,
+    block_size_for,
+    round_up,
+    tile_size_for_memory,
+    widest_block,
+)
 from .job_runs import run_in_process, run_on_dask
 from .job_checks import check_request, check_resolution, image_statistics
 from .job_store import (
@@ -69,6 +75,8 @@ class ClassifyRequest:
     precision: str = "float32"
     tile_size: int = 1024
     block_size: int = 2048
+    # Columns of a block; None: as many as memory_mb allows (block_width).
+    block_cols: int = None
     memory_mb: int = 1024
     batch: int = 1
     nprocs: int = 1
@@ -84,6 +92,7 @@ class JobPlan:
     job: BlockJob
     blocks: list
     block_size: int
+    block_cols: int
     metadata: dict
     bands: list
     outputs: OutputMaps
@@ -127,8 +136,8 @@ def plan(request, temporary_maps):
         gs.verbose(_("Band statistics recomputed on the input"))
     method = metadata.get("dataset", {}).get("sampling", {}).get("resample")
     readable, _records = resampled_bands(bands, method or "bilinear", temporary_maps)
-    # Blocks are written from other mapsets, whose search path does not
-    # hold this one: every map is named with its mapset.
+    # Worker processes read the maps whatever their search path: every map
+    # is named with its mapset.
     readable = [gs.find_file(name, element="cell")["fullname"] for name in readable]
     region = gs.region()
     check_resolution(metadata, region, request.bundle)
@@ -161,20 +170,24 @@ def plan(request, temporary_maps):
     n_outputs = 1 + (1 if request.uncertainty else 0)
     if settings.probabilities or settings.uncertainty:
         n_outputs += 2 * len(values)
+    n_read = len(bands) + (1 if mask else 0)
+    block_cols = block_width(
+        request, block_size, grid, margin, n_read, n_outputs, region["cols"]
+    )
     tile_size = tile_size_for_memory(
         request.tile_size,
         margin,
-        min(block_size + 2 * margin, region["cols"]),
-        len(bands) + (1 if mask else 0),
+        min(block_cols + 2 * margin, region["cols"]),
+        n_read,
         n_outputs,
         request.memory_mb,
         multiple,
     )
     gs.verbose(_("Tiles of {} cells").format(tile_size))
-    blocks = block_grid(region["rows"], region["cols"], block_size, margin)
+    blocks = block_grid(region["rows"], region["cols"], block_size, margin, block_cols)
     gisenv = gs.gisenv()
     identity = job_identity(
-        request, region, bands, mask, settings, engine.name, block_size
+        request, region, bands, mask, settings, engine.name, (block_size, block_cols)
     )
     base = temporary_name(identity)
 
@@ -211,11 +224,27 @@ def plan(request, temporary_maps):
         job=job,
         blocks=blocks,
         block_size=block_size,
+        block_cols=block_cols,
         metadata=metadata,
         bands=bands,
         outputs=outputs,
         engine=engine,
     )
+
+
+def block_width(request, block_size, grid, margin, n_read, n_outputs, region_cols):
+    """Columns of the job's blocks: as asked, or as many as memory allows.
+
+    GRASS reads a whole row of a map to give any part of it: a block as
+    wide as the region reads each row once, a block of a tenth of its
+    width ten times over. Blocks are widened to what a process's buffers
+    (memory_mb) allow at the tile size asked for, up to the region.
+    """
+    if request.block_cols:
+        return block_size_for(request.block_cols, grid, margin)
+    tile = min(request.tile_size, block_size)
+    widest = widest_block(tile, margin, n_read, n_outputs, request.memory_mb, grid)
+    return min(max(block_size, widest), round_up(region_cols, grid))
 
 
 def classify(request, temporary_maps):
@@ -233,14 +262,15 @@ def classify(request, temporary_maps):
     region = job.region
     gs.message(
         _(
-            "Classifying {} x {} cells with <{}> in {} blocks of up to {} cells "
-            "(margin {} cells)"
+            "Classifying {} x {} cells with <{}> in {} blocks of up to {} x {} "
+            "cells (margin {} cells)"
         ).format(
             region["rows"],
             region["cols"],
             request.bundle,
             len(job_plan.blocks),
             job_plan.block_size,
+            min(job_plan.block_cols, region["cols"]),
             job.settings.margin,
         )
     )

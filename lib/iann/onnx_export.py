@@ -59,6 +59,35 @@ def channels_first_model(form, n_bands):
     return keras.Model(inputs, outputs, name="i_ann_channels_first")
 
 
+CLASSES_OUTPUT = "classes"
+
+
+def with_classes_output(path):
+    """model.onnx with a second output, the class index of each cell.
+
+    An ArgMax over the probabilities' channel axis, computed by the engine
+    where the probabilities are made (in its threads, while they are in
+    its caches) when a job needs the classes alone. Returns the model's
+    bytes; the file is not changed.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(path)
+    probabilities = model.graph.output[0].name
+    model.graph.node.append(
+        helper.make_node(
+            "ArgMax", [probabilities], [CLASSES_OUTPUT], axis=1, keepdims=0
+        )
+    )
+    model.graph.output.append(
+        helper.make_tensor_value_info(
+            CLASSES_OUTPUT, TensorProto.INT64, ["batch", "size", "size"]
+        )
+    )
+    return model.SerializeToString()
+
+
 def deepness_properties(metadata):
     """ONNX metadata properties in the form QGIS's Deepness plugin reads."""
     margin = int(metadata["margin"])

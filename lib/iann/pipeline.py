@@ -114,6 +114,31 @@ def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
     return [s / 8 if augment else s for s in sums]
 
 
+def predict_tile_classes(engine, tiles, multiple=1, batch=1):
+    """Class indices (rows, cols) of standardised tiles, from the engine.
+
+    Consecutive tiles of the same padded shape go to the engine together,
+    up to `batch` at a time.
+    """
+    out, pending = [], []
+
+    def flush():
+        stacked = np.stack([padded for padded, _shape in pending])
+        classes = engine.predict_classes(stacked)
+        for indices, (_padded, (rows, cols)) in zip(classes, pending):
+            out.append(indices[:rows, :cols])
+        pending.clear()
+
+    for tile in tiles:
+        padded = padded_to(tile, multiple)
+        if pending and (padded.shape != pending[0][0].shape or len(pending) == batch):
+            flush()
+        pending.append((padded, tile.shape[1:]))
+    if pending:
+        flush()
+    return out
+
+
 def uncertainty_of(probabilities, method):
     """Per-cell uncertainty in 0..1 of (classes, rows, cols) probabilities:
     normalised entropy or 1 - top-2 margin."""
@@ -155,42 +180,50 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
     group_size = max(1, -(-settings.batch // views_per_tile))
     group = []
 
+    # The class map alone: the engine gives each cell's class index itself.
+    classes_only = (
+        not keep and not settings.augment and hasattr(engine, "predict_classes")
+    )
+
     def predict_group():
         started = time.perf_counter()
-        predicted = predict_tiles(
-            engine,
-            [array for *_where, array in group],
-            settings.augment,
-            settings.multiple,
-            settings.batch,
-        )
+        tiles = [array for *_where, array in group]
+        if classes_only:
+            predicted = predict_tile_classes(
+                engine, tiles, settings.multiple, settings.batch
+            )
+        else:
+            predicted = predict_tiles(
+                engine, tiles, settings.augment, settings.multiple, settings.batch
+            )
         stats.network_seconds += time.perf_counter() - started
-        for (core, window, core_nulls, _array), tile_probabilities in zip(
-            group, predicted
-        ):
-            keep_core(core, window, core_nulls, tile_probabilities)
+        for (core, window, core_nulls, _array), tile_output in zip(group, predicted):
+            keep_core(core, window, core_nulls, tile_output)
         group.clear()
 
-    def keep_core(core, window, core_nulls, tile_probabilities):
-        kept = tile_probabilities[
-            :, r0:r1, core.col0 - window.col0 : core.col1 - window.col0
-        ]
+    def keep_core(core, window, core_nulls, tile_output):
+        """The core of a tile: its probabilities, or its class indices."""
+        c0, c1 = core.col0 - window.col0, core.col1 - window.col0
         a, b = core.col0 - written.col0, core.col1 - written.col0
-        # The network's output has no NaN (NULL inputs are the band mean):
-        # NULL cells are set once the classes are taken.
-        best = np.argmax(kept, axis=0)
-        counts = np.bincount(best.ravel(), minlength=len(values))
         with_nulls = core_nulls.any()
+        if classes_only:
+            best = tile_output[r0:r1, c0:c1]
+        else:
+            kept = tile_output[:, r0:r1, c0:c1]
+            # The network's output has no NaN (NULL inputs are the band
+            # mean): NULL cells are set once the classes are taken.
+            best = np.argmax(kept, axis=0)
+            if probabilities is not None:
+                probabilities[:, :, a:b] = kept
+                if with_nulls:
+                    probabilities[:, :, a:b][:, core_nulls] = np.nan
+        counts = np.bincount(best.ravel(), minlength=len(values))
         if with_nulls:
             counts -= np.bincount(best[core_nulls], minlength=len(values))
         core_classes = values[best]
         if with_nulls:
             core_classes[core_nulls] = CELL_NULL
         classes[:, a:b] = core_classes
-        if probabilities is not None:
-            probabilities[:, :, a:b] = kept
-            if with_nulls:
-                probabilities[:, :, a:b][:, core_nulls] = np.nan
         stats.cells += core_nulls.size - int(np.count_nonzero(core_nulls))
         stats.mapped += counts
         stats.tiles += 1

@@ -9,6 +9,11 @@ it reading its neighbours' cells within the margin (half the network's
 receptive field), so that the blocks put together equal the
 classification of the whole region cell for cell. Block and tile origins
 stay on multiples of the network's size multiple (its pooling grid).
+
+Blocks are as wide as a process's memory allows (widest_block), up to the
+whole region: GRASS stores a raster map row by row, compressed, and reads
+a whole row to give any part of it, so a block narrower than the region
+pays for reading every row of the region's width.
 """
 
 from dataclasses import dataclass
@@ -65,13 +70,18 @@ def with_margin(core, margin, rows, cols):
     )
 
 
-def block_grid(rows, cols, block_size, margin):
-    """The blocks of a rows x cols region, row by row from the north-west."""
+def block_grid(rows, cols, block_size, margin, block_cols=None):
+    """The blocks of a rows x cols region, row by row from the north-west.
+
+    Blocks of `block_size` rows and `block_cols` columns (by default as
+    many as rows).
+    """
+    block_cols = block_cols or block_size
     blocks = []
     for row0 in range(0, rows, block_size):
-        for col0 in range(0, cols, block_size):
+        for col0 in range(0, cols, block_cols):
             core = Window(
-                row0, min(rows, row0 + block_size), col0, min(cols, col0 + block_size)
+                row0, min(rows, row0 + block_size), col0, min(cols, col0 + block_cols)
             )
             blocks.append(
                 Block(len(blocks), core, with_margin(core, margin, rows, cols))
@@ -122,6 +132,21 @@ def tile_windows(written, tile_size, margin, read):
     return tiles
 
 
+def tile_row_bytes(tile, margin, cols, n_bands, n_outputs):
+    """Bytes of a block's tile-row buffers (see tile_size_for_memory)."""
+    return 2 * cols * 4 * ((tile + 2 * margin) * n_bands + tile * n_outputs)
+
+
+def widest_block(tile, margin, n_bands, n_outputs, memory_mb, multiple=1):
+    """The most columns a block may have for its tile rows to fit in memory_mb.
+
+    A multiple of `multiple`; 0 when not even the margins fit.
+    """
+    per_column = tile_row_bytes(tile, margin, 1, n_bands, n_outputs)
+    columns = memory_mb * 2**20 // per_column - 2 * margin
+    return max(0, columns // multiple * multiple)
+
+
 def tile_size_for_memory(
     tile_size, margin, cols, n_bands, n_outputs, memory_mb, multiple=1
 ):
@@ -135,7 +160,7 @@ def tile_size_for_memory(
     budget = memory_mb * 2**20
 
     def needed(tile):
-        return 2 * cols * 4 * ((tile + 2 * margin) * n_bands + tile * n_outputs)
+        return tile_row_bytes(tile, margin, cols, n_bands, n_outputs)
 
     tile = tile_size
     while tile > 16 and needed(tile) > budget:
