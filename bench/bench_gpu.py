@@ -94,7 +94,8 @@ def network_rate(engine, tile, margin, multiple, batch, repeat):
     """Millions of tile cells a second, the network alone."""
     side = -(-(tile + 2 * margin) // multiple) * multiple
     rng = np.random.default_rng(0)
-    tiles = rng.normal(size=(batch, side, side, BANDS)).astype(np.float32)
+    # engines take tiles channels first, as the pipeline gives them
+    tiles = rng.normal(size=(batch, BANDS, side, side)).astype(np.float32)
     seconds = best_of(repeat, lambda: engine.predict(tiles))
     return batch * tile * tile / seconds / 1e6
 
