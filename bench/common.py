@@ -21,6 +21,9 @@ def grass_session(epsg="3358", folder=None):
     """A throw-away GRASS project, initialised for this process (in `folder`)."""
     import grass.script.setup as gsetup
 
+    if folder:
+        # --folder names where the data may go (a larger disk): made if new
+        os.makedirs(folder, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         location = os.path.join(tmp, "bench")
         subprocess.run(
