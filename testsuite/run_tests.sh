@@ -35,8 +35,8 @@ done
 # Keras writes ~/.keras/keras.json on its first import: once, before the
 # two processes could both try.
 python3 -c "import keras" >/dev/null 2>&1
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 options=(-p no:cacheprovider -o console_output_style=classic -rfE
     --timeout="${IANN_TEST_TIMEOUT:-900}" --durations=15 -v)
 run_group() {
@@ -45,7 +45,7 @@ run_group() {
     local begun=$SECONDS
     local status=0
     timeout -s INT -k 60 "${IANN_SUITE_TIMEOUT:-4800}" \
-        python3 -m pytest "${options[@]}" --basetemp="$logs/$name" "$@" 2>&1 |
+        python3 -m pytest "${options[@]}" --basetemp="$scratch/$name" "$@" 2>&1 |
         sed -u "s/^/[$name] /" || status=$?
     echo "[$name] group took $((SECONDS - begun)) s"
     return "$status"
