@@ -59,11 +59,11 @@ def make_bands(size):
 
 def make_bundle(folder, network):
     """A bundle with an untrained network (speed does not depend on weights)."""
-    from iann import BUNDLE_FORMAT
-    from iann.bundle import save_bundle
-    from iann.models import build_model, size_multiple
-    from iann.receptive_field import receptive_field
-    from iann.tiling import tiling_margin
+    from iann.formats.bundle import BundleMetadata
+    from iann.nn.architectures import build_model, size_multiple
+    from iann.nn.receptive_field import receptive_field
+    from iann.predict.tiling import tiling_margin
+    from iann.train.saving import save_bundle
 
     architecture, filters = network.split("-")
     params = {"filters": int(filters)}
@@ -71,20 +71,19 @@ def make_bundle(folder, network):
     model = build_model(architecture, (None, None, 5), 7, **params)
     model(np.zeros((1, 64, 64, 5), np.float32))
     field, _ = receptive_field(model, 5, multiple)
-    metadata = {
-        "format": BUNDLE_FORMAT,
-        "architecture": architecture,
-        "parameters": params,
-        "size_multiple": multiple,
-        "bands": [{"name": "band{}".format(i)} for i in range(5)],
-        "classes": [
+    metadata = BundleMetadata(
+        architecture=architecture,
+        parameters=params,
+        size_multiple=multiple,
+        bands=[{"name": "band{}".format(i)} for i in range(5)],
+        classes=[
             {"index": i, "value": i + 1, "label": str(i + 1), "color": None}
             for i in range(7)
         ],
-        "normalisation": {"mean": [0.0] * 5, "std": [100.0] * 5},
-        "receptive_field": field,
-        "margin": tiling_margin(field, multiple),
-    }
+        normalisation={"mean": [0.0] * 5, "std": [100.0] * 5},
+        receptive_field=field,
+        margin=tiling_margin(field, multiple),
+    )
     os.makedirs(folder)
     metadata, problem = save_bundle(folder, model, metadata)
     if problem:
@@ -206,9 +205,9 @@ def worker_peak(messages):
 
 
 def main():
-    from iann.reading import read_band_stack
-    from iann.engines import KerasEngine, OnnxRuntimeEngine, OpenVinoEngine
-    from iann.grassio import refresh_region
+    from iann.grass.bands import read_band_stack
+    from iann.grass.rasters import refresh_region
+    from iann.predict.engines import KerasEngine, OnnxRuntimeEngine, OpenVinoEngine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4000)
@@ -239,9 +238,7 @@ def main():
         for network in [n for n in args.networks.split(",") if n]:
             bundle = os.path.join(tmp, network)
             model, metadata = make_bundle(bundle, network)
-            exports.append(
-                [network, "{:.1f}".format(metadata["onnx"]["export_seconds"])]
-            )
+            exports.append([network, "{:.1f}".format(metadata.onnx["export_seconds"])])
             onnx = os.path.join(bundle, "model.onnx")
             floor = None
             for label, engine in (

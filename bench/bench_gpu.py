@@ -63,10 +63,10 @@ def device_description():
 
 def make_engine(network, precision):
     """The KerasEngine of an untrained network, and its margin and multiple."""
-    from iann.engines import KerasEngine
-    from iann.models import build_model, size_multiple, with_precision
-    from iann.receptive_field import receptive_field
-    from iann.tiling import tiling_margin
+    from iann.nn.architectures import build_model, size_multiple, with_precision
+    from iann.nn.receptive_field import receptive_field
+    from iann.predict.engines import KerasEngine
+    from iann.predict.tiling import tiling_margin
 
     architecture, filters = network.split("-")
     params = {"filters": int(filters)}
@@ -102,13 +102,13 @@ def network_rate(engine, tile, margin, multiple, batch, repeat):
 
 def pipeline_rate(engine, size, tile, margin, multiple, batch, repeat):
     """Millions of region cells a second through the tile pipeline."""
-    from iann.pipeline import (
+    from iann.predict.pipeline import (
         ArraySink,
         ArraySource,
         PredictionSettings,
         classify_block,
     )
-    from iann.tiling import Block, Window
+    from iann.predict.tiling import Block, Window
 
     rng = np.random.default_rng(1)
     bands = rng.normal(100, 20, size=(BANDS, size, size)).astype(np.float32)

@@ -47,8 +47,8 @@ def make_maps():
 
 
 def plain_read(bands):
-    from iann.reading import read_band_stack
-    from iann.grassio import refresh_region
+    from iann.grass.bands import read_band_stack
+    from iann.grass.rasters import refresh_region
 
     refresh_region()
     start = time.perf_counter()

@@ -98,9 +98,9 @@ def make_bands(side):
 
 def fcn_margin():
     """The margin i.ann reads around the fcn's tiles."""
-    from iann.models import build_model
-    from iann.receptive_field import receptive_field
-    from iann.tiling import tiling_margin
+    from iann.nn.architectures import build_model
+    from iann.nn.receptive_field import receptive_field
+    from iann.predict.tiling import tiling_margin
 
     model = build_model("fcn", (None, None, BANDS), CLASSES, filters=4)
     field, _ = receptive_field(model, BANDS, 1)
@@ -109,30 +109,29 @@ def fcn_margin():
 
 def make_bundle(folder, architecture, margin=None, **params):
     """A bundle of an untrained network (speed does not depend on weights)."""
-    from iann import BUNDLE_FORMAT
-    from iann.bundle import save_bundle
-    from iann.models import build_model
-    from iann.receptive_field import receptive_field
-    from iann.tiling import tiling_margin
+    from iann.formats.bundle import BundleMetadata
+    from iann.nn.architectures import build_model
+    from iann.nn.receptive_field import receptive_field
+    from iann.predict.tiling import tiling_margin
+    from iann.train.saving import save_bundle
 
     model = build_model(architecture, (None, None, BANDS), CLASSES, **params)
     field, _ = receptive_field(model, BANDS, 1)
-    metadata = {
-        "format": BUNDLE_FORMAT,
-        "architecture": architecture,
-        "parameters": params,
-        "size_multiple": 1,
-        "bands": [{"name": "band{}".format(b)} for b in range(BANDS)],
-        "classes": [
+    metadata = BundleMetadata(
+        architecture=architecture,
+        parameters=params,
+        size_multiple=1,
+        bands=[{"name": "band{}".format(b)} for b in range(BANDS)],
+        classes=[
             {"index": i, "value": i + 1, "label": str(i + 1), "color": None}
             for i in range(CLASSES)
         ],
-        "normalisation": {"mean": [127.0] * BANDS, "std": [60.0] * BANDS},
-        "receptive_field": field,
-        "margin": tiling_margin(field, 1) if margin is None else margin,
-    }
+        normalisation={"mean": [127.0] * BANDS, "std": [60.0] * BANDS},
+        receptive_field=field,
+        margin=tiling_margin(field, 1) if margin is None else margin,
+    )
     if os.path.isfile(architecture):
-        metadata["architecture_file"] = architecture
+        metadata.architecture_file = architecture
     os.makedirs(folder)
     metadata, problem = save_bundle(folder, model, metadata)
     if problem:
@@ -237,10 +236,10 @@ def wallonia_plan(bands, bundle, block_size, block_cols=None):
     """Plan, maps, markers, resume and finish of a Wallonia-sized job, no cell run."""
     import grass.script as gs
 
-    from iann.blocks import BlockResult, mark_done
-    from iann.grassio import refresh_region
-    from iann.jobs import ClassifyRequest, combined_ranges, plan
-    from iann.job_store import OutputLock, end_job, start_job, block_results
+    from iann.grass.rasters import refresh_region
+    from iann.jobs.block import BlockResult, mark_done
+    from iann.jobs.classify import ClassifyRequest, combined_ranges, plan
+    from iann.jobs.store import OutputLock, end_job, start_job, block_results
 
     side = math.isqrt(int(WALLONIA_CELLS))
     side -= side % 2048

@@ -69,14 +69,14 @@ def plain_fit(dataset, settings, malloc_tuning=False):
     """
     import keras
 
-    from iann.dataset import UNLABELLED, load_dataset
-    from iann.models import build_model
-    from iann.normalise import band_transform, standardise
-    from iann.callbacks import MallocTuning
-    from iann.losses import make_loss
+    from iann.formats.dataset import UNLABELLED, load_dataset
+    from iann.nn.architectures import build_model
+    from iann.nn.losses import make_loss
+    from iann.nn.normalise import band_transform, standardise
+    from iann.train.callbacks import MallocTuning
 
     meta, arrays = load_dataset(dataset)
-    mean, std = band_transform(meta["statistics"])
+    mean, std = band_transform(meta.statistics)
     x = standardise(arrays["train_images"], mean, std)
     codes = np.asarray(arrays["train_labels"])
     weights = (codes != UNLABELLED).astype(np.float32)
@@ -86,10 +86,7 @@ def plain_fit(dataset, settings, malloc_tuning=False):
     if settings["architecture"] != "fcn":
         params["depth"] = settings["depth"]
     model = build_model(
-        settings["architecture"],
-        (None, None, x.shape[-1]),
-        len(meta["classes"]),
-        **params
+        settings["architecture"], (None, None, x.shape[-1]), len(meta.classes), **params
     )
     model.compile(
         optimizer=keras.optimizers.Adam(settings["learning_rate"]),
@@ -120,10 +117,10 @@ def plain_fit(dataset, settings, malloc_tuning=False):
 
 def library_fit(dataset, settings, checkpoint):
     """Seconds per epoch (after the first) of i.ann.train's training loop."""
-    from iann.training import train
+    from iann.train.run import train
 
     _model, metadata = train(dataset, settings, checkpoint=checkpoint)
-    return metadata["training"]["epoch_seconds"][1:]
+    return metadata.training["epoch_seconds"][1:]
 
 
 def main():
@@ -171,7 +168,7 @@ def main():
                 "{:.0f}".format(SEED_PATCHES / rate / 60),
             ]
         )
-    from iann.devices import training_device
+    from iann.train.devices import training_device
 
     print(
         "\n{} patches of 64 x 64 x 5, {} with {} filters, batch {}, {}; "

@@ -288,9 +288,9 @@ def main(options, flags):
 
 def assess_only(options, flags):
     """The accuracy report of an existing map (-e), its vector map, or both."""
-    from iann.assessment import assess, classes_of_maps, mapped_areas_of
-    from iann.grassio import require_rasters
-    from iann.vectorise import check_new_vector
+    from iann.accuracy.assessment import assess, classes_of_maps, mapped_areas_of
+    from iann.grass.rasters import require_rasters
+    from iann.grass.vectorise import check_new_vector
 
     (classified,) = require_rasters([options["classified"]])
     reference = reference_option(options)
@@ -315,8 +315,8 @@ def assess_only(options, flags):
 
 def reference_option(options):
     """The checked reference: a raster's full name or a VectorReference."""
-    from iann.assessment import check_reference
-    from iann.reference import check_vector_reference
+    from iann.accuracy.assessment import check_reference
+    from iann.grass.reference import check_vector_reference
 
     if options["reference_vector"]:
         return check_vector_reference(
@@ -329,7 +329,7 @@ def reference_option(options):
 
 def vector_output(classified, options, flags):
     """Write the vector map of the classes when asked."""
-    from iann.vectorise import write_vector
+    from iann.grass.vectorise import write_vector
 
     if not options["vector"]:
         return
@@ -344,11 +344,11 @@ def vector_output(classified, options, flags):
 
 
 def classify(options, flags):
-    from iann.assessment import assess
-    from iann.grassio import group_members
-    from iann.vectorise import check_new_vector
-    from iann.jobs import ClassifyRequest
-    from iann.jobs import classify as run_job
+    from iann.accuracy.assessment import assess
+    from iann.grass.rasters import group_members
+    from iann.grass.vectorise import check_new_vector
+    from iann.jobs.classify import ClassifyRequest
+    from iann.jobs.classify import classify as run_job
 
     if options["input"]:
         bands = options["input"].split(",")
@@ -394,9 +394,9 @@ def classify(options, flags):
     if outputs.uncertainty:
         gs.message(_("Uncertainty map written to <{}>").format(outputs.uncertainty))
     if reference:
-        from iann.bundle import read_bundle_metadata
+        from iann.formats.bundle import read_bundle_metadata
 
-        classes = read_bundle_metadata(options["model"])["classes"]
+        classes = read_bundle_metadata(options["model"]).classes
         assess(
             outputs.classes,
             reference,
@@ -420,7 +420,7 @@ def block_size_option(options, flags):
     """
     value = options["block_size"]
     if value == "auto":
-        from iann.engines import gpu_present
+        from iann.nn.devices import gpu_present
 
         on_gpu = flags["g"] or (
             options["engine"] in ("auto", "keras") and gpu_present()
@@ -444,7 +444,7 @@ def block_size_option(options, flags):
 
 def check_report_files(options):
     """Refuse to overwrite a report or plot file without --overwrite."""
-    from iann.folders import check_new_file
+    from iann.formats.folders import check_new_file
 
     if options["report"]:
         check_new_file(options["report"], gs.overwrite(), _("Report file"))
@@ -456,20 +456,11 @@ def cleanup():
     # A second Ctrl-C must not cut the clean-up short (with a traceback).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for name in TEMPORARY_VECTORS:
-        gs.run_command(
-            "g.remove", type="vector", name=name, flags="f", quiet=True, errors="ignore"
-        )
-    for name in TEMPORARY_MAPS:
-        if name:
-            gs.run_command(
-                "g.remove",
-                type="raster",
-                name=name,
-                flags="f",
-                quiet=True,
-                errors="ignore",
-            )
+    if TEMPORARY_MAPS or TEMPORARY_VECTORS:  # the library is imported then
+        from iann.grass.rasters import remove_maps
+
+        remove_maps(TEMPORARY_VECTORS, "vector")
+        remove_maps(TEMPORARY_MAPS)
 
 
 TEMPORARY_MAPS = []

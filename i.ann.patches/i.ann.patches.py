@@ -201,12 +201,13 @@ def import_library():
 
 def main(options, flags):
     import_library()
-    from iann.dataset import summary, write_dataset, write_validation_map
     from iann.errors import IannError
-    from iann.folders import check_new_folder
-    from iann.grassio import check_new_raster, group_members
-    from iann.patch_plan import Sampling, create_patches
-    from iann.reference import check_vector_reference, rasterise
+    from iann.formats.dataset import summary
+    from iann.formats.folders import check_new_folder
+    from iann.grass.rasters import check_new_raster, group_members
+    from iann.grass.reference import check_vector_reference, rasterise
+    from iann.patches.plan import Sampling, create_patches
+    from iann.patches.write import write_dataset, write_validation_map
 
     validation_map = options["validation_map"]
     if validation_map and options["split"] != "blocks":
@@ -264,15 +265,15 @@ def main(options, flags):
     if validation_map:
         write_validation_map(validation_map, plan.validation_cells)
         gs.raster_history(validation_map, overwrite=True)
-    counts = metadata["counts"]
+    counts = metadata.counts
     gs.message(
         _(
             "Wrote {} training and {} validation patches of {} x {} cells to <{}>"
         ).format(
             counts["train"]["patches"],
             counts["validation"]["patches"],
-            metadata["patch_size"],
-            metadata["patch_size"],
+            metadata.patch_size,
+            metadata.patch_size,
             output,
         )
     )
@@ -281,10 +282,10 @@ def main(options, flags):
 
 
 def cleanup():
-    for name in TEMPORARY_MAPS:
-        gs.run_command(
-            "g.remove", type="raster", name=name, flags="f", quiet=True, errors="ignore"
-        )
+    if TEMPORARY_MAPS:  # the library is imported then
+        from iann.grass.rasters import remove_maps
+
+        remove_maps(TEMPORARY_MAPS)
 
 
 TEMPORARY_MAPS = []

@@ -288,7 +288,7 @@ def import_library():
 
 def training_settings(options, flags):
     """The training settings from the module's options."""
-    from iann.options import TrainingSettings, parse_params
+    from iann.train.settings import TrainingSettings, parse_params
 
     def listed(key):
         return [item for item in options[key].split(",") if item] or None
@@ -322,11 +322,12 @@ def training_settings(options, flags):
 def main(options, flags):
     import_library()
     from iann.errors import IannError
-    from iann.folders import atomic_folder, check_new_file, check_new_folder
+    from iann.formats.folders import atomic_folder, check_new_file, check_new_folder
 
     try:
         if options["export"]:
-            from iann.onnx_export import ONNX_FILE, add_onnx_to_bundle
+            from iann.formats.bundle import ONNX_FILE
+            from iann.predict.onnx_export import add_onnx_to_bundle
 
             seconds = add_onnx_to_bundle(options["export"], gs.overwrite())
             gs.message(
@@ -340,9 +341,9 @@ def main(options, flags):
         if plot:
             plot = check_new_file(plot, gs.overwrite(), _("Plot file"))
         settings = training_settings(options, flags)
-        from iann.bundle import save_bundle
-        from iann.plots import plot_history
-        from iann.training import checkpoint_folder, train
+        from iann.train.plots import plot_history
+        from iann.train.run import checkpoint_folder, train
+        from iann.train.saving import save_bundle
 
         checkpoint = checkpoint_folder(output, resume=flags["r"])
         model, metadata = train(
@@ -360,23 +361,23 @@ def main(options, flags):
         shutil.rmtree(checkpoint, ignore_errors=True)
         if plot:
             plot_history(
-                metadata["training"]["history"],
+                metadata.training["history"],
                 plot,
                 title="{} on {}".format(
-                    os.path.basename(metadata["architecture"]),
+                    os.path.basename(metadata.architecture),
                     os.path.basename(options["input"].rstrip(os.sep)),
                 ),
             )
     except IannError as error:
         gs.fatal(str(error))
-    training = metadata["training"]
+    training = metadata.training
     gs.message(
         _(
             "Saved the model of epoch {} of {} (receptive field {} cells) to <{}>"
         ).format(
             training["best_epoch"],
             training["epochs_run"],
-            metadata["receptive_field"],
+            metadata.receptive_field,
             output,
         )
     )

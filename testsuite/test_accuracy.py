@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from iann.accuracy import PairCounter, accuracy_report, format_report
-from iann.grassio import CELL_NULL
+from iann.accuracy.metrics import PairCounter, accuracy_report, format_report
+from iann.grass import CELL_NULL
 
 CLASSES = [{"value": 1, "label": "a"}, {"value": 2, "label": "b"}]
 

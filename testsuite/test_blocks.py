@@ -615,11 +615,15 @@ def test_bad_job_options(mapset, trained_bundle):
 
 def test_library_pipeline_from_arrays_equals_grass(mapset, trained_bundle):
     """The tile pipeline driven from arrays gives the module's map."""
-    import json
-
-    from iann.engines import load_engine
-    from iann.pipeline import ArraySink, ArraySource, PredictionSettings, classify_block
-    from iann.tiling import block_grid
+    from iann.formats.bundle import read_bundle_metadata
+    from iann.predict.engines import load_engine
+    from iann.predict.pipeline import (
+        ArraySink,
+        ArraySource,
+        PredictionSettings,
+        classify_block,
+    )
+    from iann.predict.tiling import block_grid
 
     bands, _ = make_synthetic()
     # 45 x 70 cells of the bands' own grid: nothing resampled by the module.
@@ -632,19 +636,19 @@ def test_library_pipeline_from_arrays_equals_grass(mapset, trained_bundle):
         uncertainty="module_u",
         engine="keras",
     )
-    metadata = json.loads((trained_bundle / "metadata.json").read_text())
+    metadata = read_bundle_metadata(str(trained_bundle))
     engine = load_engine(str(trained_bundle), metadata, "keras")
     stack = np.stack([read_map(b, null=np.nan, dtype=np.float32) for b in bands])
     settings = PredictionSettings(
-        mean=np.array(metadata["normalisation"]["mean"], np.float32),
-        std=np.array(metadata["normalisation"]["std"], np.float32),
+        mean=np.array(metadata.normalisation["mean"], np.float32),
+        std=np.array(metadata.normalisation["std"], np.float32),
         values=(11, 21, 31),
-        margin=metadata["margin"],
+        margin=metadata.margin,
         uncertainty="entropy",
         batch=3,
     )
     sink = ArraySink(45, 70, 3, uncertainty=True)
-    for block in block_grid(45, 70, 32, metadata["margin"]):
+    for block in block_grid(45, 70, 32, metadata.margin):
         classify_block(engine, settings, ArraySource(stack), sink, block, 16)
     module = read_map("module", null=-1, dtype=np.int32)
     assert_classified(module)
@@ -662,16 +666,21 @@ def test_pipeline_holds_one_tile_at_a_time(trained_bundle):
     tiles' inputs and probabilities may be alive at the peak; holding the
     whole row's tiles (as the pipeline once did) would exceed that.
     """
-    import json
     import tracemalloc
 
-    from iann.engines import load_engine
-    from iann.pipeline import ArraySink, ArraySource, PredictionSettings, classify_block
-    from iann.tiling import block_grid
+    from iann.formats.bundle import read_bundle_metadata
+    from iann.predict.engines import load_engine
+    from iann.predict.pipeline import (
+        ArraySink,
+        ArraySource,
+        PredictionSettings,
+        classify_block,
+    )
+    from iann.predict.tiling import block_grid
 
-    metadata = json.loads((trained_bundle / "metadata.json").read_text())
+    metadata = read_bundle_metadata(str(trained_bundle))
     engine = load_engine(str(trained_bundle), metadata, "keras")
-    margin, tile, n_tiles, n_bands, n_classes = metadata["margin"], 64, 16, 2, 3
+    margin, tile, n_tiles, n_bands, n_classes = metadata.margin, 64, 16, 2, 3
     rows, cols = tile, tile * n_tiles
     stack = np.random.default_rng(0).normal(size=(n_bands, rows, cols))
     stack = stack.astype(np.float32)

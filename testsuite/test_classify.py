@@ -245,7 +245,7 @@ def test_probabilities_and_uncertainty(mapset, trained_bundle):
 
 
 def test_dihedral_transforms_are_undone():
-    from iann.augmentation import dihedral, undo_dihedral
+    from iann.nn.augmentation import dihedral, undo_dihedral
 
     a = np.arange(5 * 7 * 3).reshape(5, 7, 3)  # rows, cols, bands: not square
 
@@ -469,7 +469,7 @@ def test_group_input_equals_map_list(mapset, trained_bundle):
 def test_fcn_prediction_form_gives_the_same_probabilities(trained_bundle, unet_bundle):
     import keras
 
-    from iann.models import build_fcn, fcn_for_prediction
+    from iann.nn.architectures import build_fcn, fcn_for_prediction
 
     model = keras.saving.load_model(trained_bundle / "model.keras")
     lean = fcn_for_prediction(model)
@@ -576,7 +576,7 @@ def test_band_order_and_resolution_warnings(mapset, trained_bundle):
 
 def test_cell_sizes_in_metres_for_any_units():
     """Latitude-longitude cells are measured in metres, not taken as metres."""
-    from iann.bundle import cell_size_metres, training_cell_size, units_of_wkt
+    from iann.grass.units import cell_size_metres, training_cell_size, units_of_wkt
 
     def haversine(lat1, lon1, lat2, lon2, radius=6371008.8):
         p1, p2 = math.radians(lat1), math.radians(lat2)
@@ -605,7 +605,7 @@ def test_cell_sizes_in_metres_for_any_units():
             "projection": 'GEOGCRS["WGS 84",ANGLEUNIT["degree",0.0174532925199433]]',
         }
     }
-    assert training_cell_size(metadata) == pytest.approx(expected, rel=1e-3)
+    assert training_cell_size(metadata["dataset"]) == pytest.approx(expected, rel=1e-3)
     # Feet: the CRS's own length unit, not that of its datum or parameters.
     feet = (
         'PROJCS["x",GEOGCS["g",DATUM["d",SPHEROID["s",6378137,298]],'

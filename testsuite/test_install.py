@@ -9,7 +9,13 @@ import pytest
 
 from conftest import MODULES, install_addon
 
-LIBRARY_FILES = ("__init__.py", "dataset.py", "models.py", "pipeline.py", "jobs.py")
+LIBRARY_FILES = (
+    "__init__.py",
+    "formats/dataset.py",
+    "nn/architectures.py",
+    "predict/pipeline.py",
+    "jobs/classify.py",
+)
 
 
 def test_installed_files(grass_session):
@@ -26,11 +32,20 @@ def test_installed_files(grass_session):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_help_is_fast_and_keras_free(grass_session, module):
+    # Python lists every module it imports (-X importtime) on stderr.
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
     start = time.perf_counter()
-    result = subprocess.run([module, "--help"], capture_output=True, text=True)
+    result = subprocess.run([module, "--help"], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stderr
+    imported = [
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    ]
+    assert "grass.script" in imported  # the listing works
+    assert not [m for m in imported if m.split(".")[0] in ("keras", "tensorflow")]
     assert seconds < 2.0, "{} --help took {:.2f} s".format(module, seconds)
 
 
@@ -72,7 +87,7 @@ def test_install_and_remove_in_other_addon_base(grass_session, tmp_path):
     assert result.returncode == 0, result.stderr
     for module in MODULES:
         assert (base / "scripts" / module).is_file()
-    assert (base / "etc" / "i.ann" / "iann" / "training.py").is_file()
+    assert (base / "etc" / "i.ann" / "iann" / "train" / "run.py").is_file()
     env = dict(os.environ, GRASS_ADDON_BASE=str(base))
     result = subprocess.run(
         ["g.extension", "extension=i.ann", "operation=remove", "-f"],

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from iann.errors import IannError
-from iann.options import (
+from iann.train.settings import (
     TrainingSettings,
     class_weights_for,
     parse_params,
@@ -25,7 +25,8 @@ CLASSES = [{"value": 11}, {"value": 21}, {"value": 31}]
 
 def test_importable_without_grass_or_keras():
     code = (
-        "import sys; sys.path.insert(0, {!r}); import iann.options, iann.tiling; "
+        "import sys; sys.path.insert(0, {!r}); "
+        "import iann.train.settings, iann.predict.tiling, iann.predict.pipeline; "
         "print(sorted(m for m in ('grass', 'keras') if m in sys.modules))"
     ).format(str(REPO / "lib"))
     result = subprocess.run(

@@ -5,8 +5,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from iann.models import build_model  # noqa: E402
-from iann.receptive_field import computed_reach, receptive_field  # noqa: E402
+from iann.nn.architectures import build_model  # noqa: E402
+from iann.nn.receptive_field import computed_reach, receptive_field  # noqa: E402
 
 
 def linear_conv(kernel, dilation=1):

@@ -6,16 +6,16 @@ Each function is compared with a brute-force oracle written here.
 import numpy as np
 import pytest
 
-from iann.sampling import (
-    UNLABELLED,
+from iann.formats.dataset import UNLABELLED
+from iann.grass import CELL_NULL
+from iann.patches.sampling import (
     draw_origins,
     encode_labels,
     usable_origins,
     validation_blocks,
     window_sums,
 )
-from iann.pipeline import CELL_NULL
-from iann.tiling import block_grid, tiling_margin, tile_windows, Window
+from iann.predict.tiling import block_grid, tiling_margin, tile_windows, Window
 
 
 def test_window_sums_equal_brute_force():

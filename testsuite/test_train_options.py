@@ -45,7 +45,7 @@ def load_model(bundle):
 def test_architecture_learns_and_its_field_is_measured(
     synthetic_patches, tmp_path, architecture, options
 ):
-    from iann.receptive_field import measured_reach
+    from iann.nn.receptive_field import measured_reach
 
     run_ok(
         "i.ann.train",
@@ -318,7 +318,7 @@ def test_class_weights_and_focal_loss(synthetic_patches, tmp_path):
     # The focal loss is registered with Keras: its bundle loads compiled.
     import keras
 
-    from iann.losses import SparseFocalLoss
+    from iann.nn.losses import SparseFocalLoss
 
     model = keras.saving.load_model(tmp_path / "f2" / "model.keras")
     assert isinstance(model.loss, SparseFocalLoss) and model.loss.gamma == 2

@@ -1,0 +1,159 @@
+"""Patch datasets on disk: their files, and reading them.
+
+A dataset is a folder of NumPy arrays and a metadata.json:
+
+- train_images.npy, validation_images.npy: (N, size, size, bands), uint16
+  when every band is an integer map within 0..65535, else float32;
+- train_labels.npy, validation_labels.npy: (N, size, size) uint8 class
+  indices 0..K-1, with 255 (UNLABELLED) for unlabelled reference cells;
+- metadata.json: bands, classes (value, label, colour), patch size, region,
+  projection, band statistics over the labelled area, counts and provenance.
+
+patches/plan.py plans what is written, patches/write.py writes it.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from iann.errors import IannError
+from iann.formats.folders import read_metadata_file
+
+DATASET_FORMAT = "i.ann.patches"
+DATASET_FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+ARRAYS = {
+    "train_images": "train_images.npy",
+    "train_labels": "train_labels.npy",
+    "validation_images": "validation_images.npy",
+    "validation_labels": "validation_labels.npy",
+}
+# The label of cells without reference class (patches' own nodata).
+UNLABELLED = 255
+
+
+@dataclass
+class DatasetMetadata:
+    """metadata.json of a patch dataset.
+
+    The fields are the JSON's keys, in its order; defaults live here.
+    """
+
+    bands: list  # {"name", "resampled", ...} per band, in the arrays' order
+    classes: list  # {"index", "value", "label", "color"}
+    patch_size: int
+    statistics: list  # per band: mean, std, ... over the labelled cells
+    sampling: dict  # settings, origins, numbers requested and obtained
+    counts: dict  # patches and cells per class, per split
+    region: dict
+    reference: str = None
+    reference_vector: dict = None
+    unlabelled: int = UNLABELLED
+    image_dtype: str = "float32"
+    statistics_area: str = None
+    mask: bool = False
+    projection: str = ""
+    software: dict = field(default_factory=dict)
+    files: dict = field(default_factory=lambda: dict(ARRAYS))
+    created: str = None
+    format: str = DATASET_FORMAT
+    format_version: int = DATASET_FORMAT_VERSION
+
+    ORDER = (
+        "format",
+        "format_version",
+        "created",
+        "bands",
+        "reference",
+        "reference_vector",
+        "classes",
+        "unlabelled",
+        "patch_size",
+        "image_dtype",
+        "statistics",
+        "statistics_area",
+        "sampling",
+        "counts",
+        "region",
+        "mask",
+        "projection",
+        "software",
+        "files",
+    )
+
+    @classmethod
+    def from_json(cls, data):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self):
+        return {name: getattr(self, name) for name in self.ORDER}
+
+
+def write_metadata(folder, metadata):
+    """metadata.json of a dataset folder being written."""
+    with open(os.path.join(folder, METADATA_FILE), "w") as f:
+        json.dump(metadata.to_json(), f, indent=1)
+
+
+def summary(metadata):
+    """Patch and cell counts per class and split, as text (the -p output)."""
+    lines = []
+    counts = metadata.counts
+    parts = [p for p in ("train", "validation") if p in counts]
+    lines.append(
+        "Patches: {} of {} x {} cells ({} asked for)".format(
+            " + ".join("{} {}".format(counts[p]["patches"], p) for p in parts),
+            metadata.patch_size,
+            metadata.patch_size,
+            metadata.sampling["number_requested"],
+        )
+    )
+    width = max(len(c["label"]) for c in metadata.classes)
+    lines.append(
+        "{:>6}  {:<{w}}  ".format("value", "class", w=width)
+        + "  ".join("{:>12}".format(p + " cells") for p in parts)
+    )
+    for i, c in enumerate(metadata.classes):
+        lines.append(
+            "{:>6}  {:<{w}}  ".format(c["value"], c["label"], w=width)
+            + "  ".join(
+                "{:>12}".format(counts[p]["pixels_per_class"][i]) for p in parts
+            )
+        )
+    lines.append(
+        "{:>6}  {:<{w}}  ".format("", "unlabelled", w=width)
+        + "  ".join("{:>12}".format(counts[p]["unlabelled_pixels"]) for p in parts)
+    )
+    return "\n".join(lines)
+
+
+def load_dataset(folder):
+    """Open a dataset folder: metadata and memory-mapped arrays."""
+    if os.path.isfile(folder):
+        raise IannError(
+            _("Dataset <{}> is a file, not a folder written by i.ann.patches").format(
+                folder
+            )
+        )
+    if not os.path.isdir(folder):
+        raise IannError(_("Dataset folder <{}> does not exist").format(folder))
+    what = _("a dataset written by i.ann.patches")
+    data = read_metadata_file(
+        folder, METADATA_FILE, DATASET_FORMAT, DATASET_FORMAT_VERSION, what
+    )
+    try:
+        metadata = DatasetMetadata.from_json(data)
+    except TypeError as error:
+        raise IannError(_("<{}> is not {} ({})").format(folder, what, error))
+    arrays = {}
+    for key, filename in metadata.files.items():
+        try:
+            arrays[key] = np.load(os.path.join(folder, filename), mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise IannError(
+                _("Dataset <{}>: cannot read <{}> ({})").format(folder, filename, error)
+            )
+    return metadata, arrays

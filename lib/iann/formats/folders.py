@@ -1,0 +1,83 @@
+"""Write output folders atomically: build them beside the target, then rename.
+
+A failure part-way leaves the user's existing output untouched and no
+half-written folder behind.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+
+from iann.errors import IannError
+
+
+def check_new_folder(path, overwrite, what="Output folder"):
+    """Refuse an existing path without overwrite, or a parent that is missing."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise IannError(
+            _("{} <{}>: folder <{}> does not exist").format(what, path, parent)
+        )
+    if os.path.exists(path) and not overwrite:
+        raise IannError(
+            _("{} <{}> exists; use --overwrite to replace it").format(what, path)
+        )
+    return path
+
+
+def check_new_file(path, overwrite, what="Output file"):
+    """Refuse an existing file without overwrite, or a parent that is missing."""
+    path = check_new_folder(path, overwrite, what)
+    if os.path.isdir(path):
+        raise IannError(_("{} <{}> is a folder").format(what, path))
+    return path
+
+
+@contextmanager
+def atomic_folder(path, overwrite):
+    """Yield a temporary folder that replaces `path` when the block succeeds."""
+    path = check_new_folder(path, overwrite)
+    parent, name = os.path.split(path)
+    tmp = tempfile.mkdtemp(prefix=".{}.tmp-".format(name), dir=parent)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(path):
+        old = tempfile.mkdtemp(prefix=".{}.old-".format(name), dir=parent)
+        os.rename(path, os.path.join(old, name))
+    os.rename(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metadata_file(folder, name, form, version, what):
+    """The JSON metadata file `name` of a folder of format `form`.
+
+    `what` names the folder's kind in messages ("a dataset written by
+    i.ann.patches"). A file of another format, or of a newer version than
+    this i.ann reads, is refused: read with today's rules, it would be
+    misread.
+    """
+    path = os.path.join(folder, name)
+    try:
+        with open(path) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError) as error:
+        raise IannError(_("<{}> is not {} ({})").format(folder, what, error))
+    if not isinstance(metadata, dict) or metadata.get("format") != form:
+        raise IannError(_("<{}> is not {}").format(folder, what))
+    found = metadata.get("format_version")
+    if not isinstance(found, int) or not 1 <= found <= version:
+        raise IannError(
+            _(
+                "<{}> has format_version {}, which this version of i.ann "
+                "cannot read (it reads versions 1 to {}); update i.ann"
+            ).format(path, found, version)
+        )
+    return metadata

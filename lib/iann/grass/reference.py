@@ -1,0 +1,147 @@
+"""Reference classes kept as vector maps: points, lines or areas.
+
+Analysts digitise training polygons and collect field points rather than
+keep a wall-to-wall class raster. A vector reference is rasterised on the
+current region's grid by v.to.rast into a temporary integer map (removed
+by the caller), with the attribute column as class value and an optional
+label column as the classes' names; from there on it is read as a raster
+reference is.
+"""
+
+from dataclasses import dataclass
+
+import grass.script as gs
+
+from iann.errors import IannError
+from iann.grass.rasters import split_name
+
+INTEGER_TYPES = ("INTEGER", "SMALLINT", "BIGINT", "INT", "INT4", "INT8")
+
+
+@dataclass
+class VectorReference:
+    """A vector reference and where its classes are."""
+
+    name: str
+    column: str
+    label_column: str = ""
+    layer: str = "1"
+
+    def provenance(self):
+        """What the dataset's or report's metadata says of the reference."""
+        return {
+            "vector": self.name,
+            "column": self.column,
+            "label_column": self.label_column or None,
+            "layer": self.layer,
+        }
+
+
+def find_vector(name):
+    """Full name (map@mapset) of a vector map, or an error naming it."""
+    base, mapset = split_name(name)
+    found = gs.find_file(base, element="vector", mapset=mapset)["fullname"]
+    if not found:
+        raise IannError(
+            _(
+                "Vector map <{}> not found in project <{}>; a map of another "
+                "project must be imported first (v.import or v.proj)"
+            ).format(name, gs.gisenv()["LOCATION_NAME"])
+        )
+    return found
+
+
+def check_vector_reference(name, column, label_column="", layer="1"):
+    """The vector reference, once its map and columns are checked."""
+    name = find_vector(name)
+    connections = gs.vector_db(name)
+    try:
+        connected = int(layer) in connections
+    except ValueError:
+        connected = any(c.get("name") == layer for c in connections.values())
+    if not connected:
+        raise IannError(
+            _(
+                "Vector map <{}> has no attribute table in layer {}; class "
+                "values are read from column <{}> of that table"
+            ).format(name, layer, column)
+        )
+    columns = gs.vector_columns(name, layer=layer)
+    types = {key.lower(): (key, value["type"]) for key, value in columns.items()}
+    if column.lower() not in types:
+        raise IannError(
+            _("Vector map <{}> has no column <{}> (columns: {})").format(
+                name, column, ", ".join(columns)
+            )
+        )
+    column, kind = types[column.lower()]
+    if kind.upper() not in INTEGER_TYPES:
+        raise IannError(
+            _(
+                "Column <{}> of vector map <{}> is of type {}, not integer: "
+                "class values must be integers"
+            ).format(column, name, kind)
+        )
+    if label_column:
+        if label_column.lower() not in types:
+            raise IannError(
+                _("Vector map <{}> has no label column <{}>").format(name, label_column)
+            )
+        label_column = types[label_column.lower()][0]
+    return VectorReference(name, column, label_column, str(layer))
+
+
+def rasterise(reference, temporary_maps):
+    """Rasterise a vector reference on the region's grid: the map to read.
+
+    Points and lines mark the cells they fall in or cross, areas the cells
+    whose centre they contain; where features overlap, the last one wins.
+    The temporary map's name is appended to `temporary_maps` first, so the
+    caller removes it even when v.to.rast fails part-way.
+    """
+    output = gs.append_node_pid("iann_reference")
+    temporary_maps.append(output)
+    options = {"label_column": reference.label_column} if reference.label_column else {}
+    # Only the feature types the map has: v.to.rast warns of each one missing
+    # ("No areas selected" for a map of points).
+    topology = gs.vector_info_topo(reference.name)
+    types = [
+        kind
+        for kind, key in (("point", "points"), ("line", "lines"), ("area", "areas"))
+        if topology.get(key)
+    ]
+    if not types:
+        raise no_features(reference)
+    try:
+        gs.run_command(
+            "v.to.rast",
+            input=reference.name,
+            layer=reference.layer,
+            type=",".join(types),
+            use="attr",
+            attribute_column=reference.column,
+            output=output,
+            memory=300,
+            quiet=True,
+            overwrite=True,
+            **options,
+        )
+    except gs.CalledModuleError:
+        raise IannError(
+            _("Rasterising vector map <{}> (column <{}>) with v.to.rast failed").format(
+                reference.name, reference.column
+            )
+        )
+    if gs.raster_info(output)["max"] is None:
+        raise no_features(reference)
+    return output + "@" + gs.gisenv()["MAPSET"]
+
+
+def no_features(reference):
+    """The error for a vector reference without class values in the region."""
+    return IannError(
+        _(
+            "Vector map <{}> has no features with a value in column <{}> in the "
+            "current region"
+        ).format(reference.name, reference.column)
+    )

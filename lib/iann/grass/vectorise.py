@@ -1,0 +1,76 @@
+"""The classified map as a vector map of areas, for users who need polygons.
+
+r.to.vect turns the map's patches of equal class into areas with the class
+value and label as attributes; v.clean's rmarea then merges areas smaller
+than a minimum area into the neighbour with which they share the longest
+boundary (what r.reclass.area does, without its round trip to a raster).
+Areas are computed by GRASS in square metres, on the ellipsoid in a
+latitude-longitude project.
+"""
+
+import grass.script as gs
+
+from iann.errors import IannError
+
+
+def check_new_vector(name, overwrite):
+    """Refuse an existing vector map of the current mapset without overwrite."""
+    if not name or overwrite:
+        return
+    if gs.find_file(name, element="vector", mapset=gs.gisenv()["MAPSET"])["fullname"]:
+        raise IannError(
+            _("Vector map <{}> exists; use --overwrite to replace it").format(name)
+        )
+
+
+def temporary_vector_name(base):
+    return gs.append_node_pid(base)
+
+
+def write_vector(classes, output, min_area, smooth, temporary_vectors):
+    """Vectorise the class map `classes` into `output` (areas).
+
+    Temporary vector maps go to `temporary_vectors` first, so the caller
+    removes them whatever happens; `output` is written last, in one rename.
+    """
+    areas = temporary_vector_name("iann_areas")
+    temporary_vectors.append(areas)
+    gs.run_command(
+        "r.to.vect",
+        input=classes,
+        output=areas,
+        type="area",
+        column="value",
+        flags="s" if smooth else "",
+        quiet=True,
+        overwrite=True,
+    )
+    final = areas
+    if min_area:
+        cleaned = temporary_vector_name("iann_cleaned")
+        temporary_vectors.append(cleaned)
+        gs.run_command(
+            "v.clean",
+            input=areas,
+            output=cleaned,
+            tool="rmarea",
+            threshold=min_area,
+            quiet=True,
+            overwrite=True,
+        )
+        # v.clean keeps the attribute rows of the areas it merged away;
+        # v.extract copies only the rows of the areas left.
+        final = temporary_vector_name("iann_kept")
+        temporary_vectors.append(final)
+        gs.run_command(
+            "v.extract",
+            input=cleaned,
+            output=final,
+            type="area",
+            quiet=True,
+            overwrite=True,
+        )
+    gs.run_command("g.rename", vector=(final, output), overwrite=True, quiet=True)
+    temporary_vectors.remove(final)
+    gs.vector_history(output)
+    return output

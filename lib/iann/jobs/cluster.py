@@ -1,0 +1,195 @@
+"""Dask distributed runs the blocks of a job in many processes.
+
+`nprocs=N` starts a LocalCluster of N single-threaded worker processes on
+this machine (nothing to set up); `scheduler=ADDRESS` sends the blocks to
+an existing Dask cluster (`dask scheduler` and `dask worker`, dask-jobqueue
+on SLURM or PBS, Kubernetes). Dask schedules, balances and reschedules the
+blocks of a lost worker; i.ann only says what a block is (jobs/block.py).
+"""
+
+import importlib.util
+import logging
+import os
+from collections import Counter
+
+from iann.errors import IannError
+from iann.jobs.block import run_block, visibility_problem
+
+# Seconds to reach a scheduler, and to wait for its first worker.
+CONNECT_TIMEOUT = 10
+WORKER_TIMEOUT = 60
+
+
+def cores_available():
+    """Cores this process may use (its CPU affinity: cgroups, taskset, SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def thread_environment(threads):
+    """Environment that limits the numerical libraries of a worker process."""
+    value = str(threads)
+    return {
+        "TF_NUM_INTRAOP_THREADS": value,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "OMP_NUM_THREADS": value,
+        "OPENBLAS_NUM_THREADS": value,
+        "MKL_NUM_THREADS": value,
+    }
+
+
+class DaskCluster:
+    """A Dask client on a LocalCluster or on an existing scheduler.
+
+    Used as a context manager: a LocalCluster and its worker processes are
+    stopped at the end, whatever happens; an existing cluster is left
+    running.
+    """
+
+    def __init__(self, nprocs=1, scheduler=None, threads=1):
+        self.nprocs = nprocs
+        self.scheduler = scheduler
+        self.threads = threads
+        self.cluster = None
+        self.client = None
+
+    def __enter__(self):
+        # When the module is interrupted (Ctrl-C, SIGTERM) while it waits on
+        # Dask, distributed's cancel callback can fail in its event loop and
+        # tornado logs that with a traceback; the interruption itself is
+        # reported by the module. Real failures come back through the
+        # blocks' futures, not through this log.
+        self.tornado_log = logging.getLogger("tornado.application")
+        self.tornado_level = self.tornado_log.level
+        self.tornado_log.setLevel(logging.CRITICAL)
+        try:
+            self._connect()
+        except BaseException:
+            self.tornado_log.setLevel(self.tornado_level)
+            raise
+        return self
+
+    def _connect(self):
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            try:
+                self.client = Client(
+                    self.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False
+                )
+            except (OSError, TimeoutError) as error:
+                raise IannError(
+                    _("Cannot reach the Dask scheduler <{}>: {}").format(
+                        self.scheduler, error
+                    )
+                ) from None
+            try:
+                self.client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+            except TimeoutError:
+                self.client.close()
+                raise IannError(
+                    _("No Dask worker joined the scheduler <{}> in {} s").format(
+                        self.scheduler, WORKER_TIMEOUT
+                    )
+                ) from None
+            return
+        self.cluster = LocalCluster(
+            n_workers=self.nprocs,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=thread_environment(self.threads),
+        )
+        self.client = Client(self.cluster, set_as_default=False)
+
+    def __exit__(self, *exc):
+        try:
+            if self.client is not None:
+                self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+        finally:
+            self.tornado_log.setLevel(self.tornado_level)
+
+    def workers(self):
+        return self.client.scheduler_info()["workers"]
+
+    def check_workers(self, job):
+        """Clear errors for workers that cannot see the library, data or bundle.
+
+        Asked before anything of the library runs on them: first whether
+        they can import it at all (with a function of the standard
+        library), then what they see of the job.
+        """
+        answers = self.client.run(importlib.util.find_spec, "iann", on_error="return")
+        blind = sorted(
+            worker
+            for worker, answer in answers.items()
+            if not answer or isinstance(answer, Exception)
+        )
+        if blind:
+            raise IannError(
+                _(
+                    "Dask worker <{}> cannot import the i.ann library (add its "
+                    "folder to PYTHONPATH)"
+                ).format(", ".join(blind))
+            )
+        answers = self.client.run(visibility_problem, job, on_error="return")
+        for worker, problem in sorted(answers.items()):
+            if isinstance(problem, Exception):
+                problem = "{}: {}".format(type(problem).__name__, problem)
+            if problem:
+                raise IannError(_("Dask worker <{}> {}").format(worker, problem))
+
+    def threads_per_worker(self):
+        """Each worker's share of the cores of its machine (the smallest)."""
+        if self.cluster is not None:
+            return self.threads
+        workers = self.workers()
+        per_host = Counter(info["host"] for info in workers.values())
+        cores = self.client.run(cores_available)
+        return max(
+            1,
+            min(
+                cores[address] // per_host[info["host"]]
+                for address, info in workers.items()
+            ),
+        )
+
+    def run(self, job, blocks, gpu=False, on_done=None):
+        """Classify `blocks` on the cluster, `on_done` called with each BlockResult."""
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        futures = [
+            self.client.submit(
+                run_block,
+                job,
+                block,
+                key="i.ann-{}-{}".format(job.id, block.index),
+                pure=False,
+                resources={"GPU": 1} if gpu else None,
+            )
+            for block in blocks
+        ]
+        by_key = {f.key: b for f, b in zip(futures, blocks)}
+        try:
+            for future in as_completed(futures, loop=self.client.loop):
+                try:
+                    result = future.result()
+                except KilledWorker:
+                    from iann.jobs.block import describe
+
+                    raise IannError(
+                        _(
+                            "The Dask workers classifying {} died several times "
+                            "(out of memory, or a GRASS error: see the workers' "
+                            "output)"
+                        ).format(describe(job, by_key[future.key]))
+                    ) from None
+                on_done(result)
+        finally:
+            self.client.cancel(futures)

@@ -1,0 +1,8 @@
+"""Prediction: the engines that run a bundle's network (Keras, ONNX
+Runtime, OpenVINO), the ONNX export and its check, the tile pipeline
+that classifies one block from arrays, and where a region is cut into
+blocks and tiles.
+
+Runs without GRASS (bench/bench_gpu.py drives it on machines that have
+none). Imports iann.formats, iann.nn and the constant iann.grass.CELL_NULL.
+"""

@@ -1,0 +1,8 @@
+"""Training: a network trained on a patch dataset into a model bundle.
+
+The settings and their options, the batches (augmented, standardised),
+callbacks (GRASS progress, early stopping, per-epoch accuracy),
+checkpoints and resuming, devices and data parallelism, transfer from a
+pretrained bundle, the training curves, and the bundle written. Imports
+iann.formats, iann.nn, iann.accuracy.metrics and iann.predict.
+"""
