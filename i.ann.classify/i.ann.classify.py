@@ -274,9 +274,11 @@ def stop(signum, frame):
 def main(options, flags):
     import_library()
     from iann.errors import IannError
+    from iann.grass.temporary import remove_dead_runs_maps
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        remove_dead_runs_maps()
         if flags["e"]:
             return assess_only(options, flags)
         return classify(options, flags)

@@ -206,6 +206,7 @@ def main(options, flags):
     from iann.formats.folders import check_new_folder
     from iann.grass.rasters import check_new_raster, group_members
     from iann.grass.reference import check_vector_reference, rasterise
+    from iann.grass.temporary import remove_dead_runs_maps
     from iann.patches.plan import Sampling, create_patches
     from iann.patches.write import write_dataset, write_validation_map
 
@@ -213,6 +214,7 @@ def main(options, flags):
     if validation_map and options["split"] != "blocks":
         gs.fatal(_("validation_map needs split=blocks"))
     try:
+        remove_dead_runs_maps()
         check_new_raster(validation_map, gs.overwrite())
         if options["input"]:
             bands = options["input"].split(",")

@@ -8,7 +8,9 @@ by GRASS itself, and that g.rename and g.remove handle whole.
 """
 
 import os
+import platform
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -106,6 +108,9 @@ def test_thousands_of_blocks_resume_after_sigkill(mapset, pointwise_bundle):
         read_map("many_u", null=np.nan), read_map("one_u", null=np.nan), atol=1e-6
     )
     assert_no_job_left()
+    # Nothing of the killed run in any element (rasters, vectors, groups...).
+    left = gs.read_command("g.list", type="all", pattern="*iann*", mapset=".")
+    assert left.split() == []
 
 
 def render(name, path):
@@ -197,10 +202,13 @@ def test_a_second_run_for_the_same_output_stops_at_once(mapset, pointwise_bundle
     process = start("i.ann.classify", **options)
     try:
         wait_for(lambda: done_blocks() >= 20, 300, "20 blocks")
-        assert_fails(
-            run("i.ann.classify", **options),
-            "Another run of i.ann.classify is classifying <busy>",
-        )
+        # Refused whatever its blocks, naming the run that holds the output.
+        for block_size in ("8,8", "16"):
+            assert_fails(
+                run("i.ann.classify", **dict(options, block_size=block_size)),
+                "Another run of i.ann.classify is classifying <busy>",
+                "process {} on {}".format(process.pid, socket.gethostname()),
+            )
         stdout, stderr = process.communicate(timeout=600)
     finally:
         stop_group(process)
@@ -239,3 +247,34 @@ def test_giving_up_an_interrupted_job(mapset, pointwise_bundle):
         read_map("whole", null=-1, dtype=np.int32),
     )
     assert_no_job_left()
+
+
+def test_temporary_maps_of_dead_runs_are_removed(mapset, pointwise_bundle):
+    """The next run removes what a killed run left, never a live run's maps.
+
+    Oracle: maps named as a run names its temporaries, for the PID of a
+    process that has ended and for that of one still running.
+    """
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=40, cols=40)
+    node = gs.legalize_vector_name(platform.node(), fallback_prefix="")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    alive = subprocess.Popen(["sleep", "600"])
+    try:
+        dead_raster = "iann_resampled_0_{}_{}".format(node, ended.pid)
+        dead_vector = "iann_areas_{}_{}".format(node, ended.pid)
+        live_raster = "iann_reference_{}_{}".format(node, alive.pid)
+        for name in (dead_raster, live_raster):
+            gs.mapcalc("{} = 1".format(name), quiet=True)
+        gs.run_command("v.edit", map=dead_vector, tool="create", quiet=True)
+        run_ok(
+            "i.ann.classify", input=",".join(bands), model=pointwise_bundle, output="c"
+        )
+        assert not gs.find_file(dead_raster, element="cell")["fullname"]
+        assert not gs.find_file(dead_vector, element="vector")["fullname"]
+        assert gs.find_file(live_raster, element="cell")["fullname"]
+    finally:
+        alive.kill()
+        alive.wait()
+    gs.run_command("g.remove", type="raster", name=live_raster, flags="f", quiet=True)

@@ -308,6 +308,54 @@ def test_bad_input(mapset, tmp_path, trained_bundle):
     assert not (tmp_path / "m").exists()
 
 
+def damaged_copy(dataset, folder, damage):
+    """A copy of a dataset with `damage` done to its arrays (valid .npy headers)."""
+    shutil.copytree(dataset, folder)
+    arrays = {p.name: np.load(p) for p in folder.glob("*.npy")}
+    meta = json.loads((folder / "metadata.json").read_text())
+    damage(arrays, meta)
+    for name, array in arrays.items():
+        np.save(folder / name, array)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    return folder
+
+
+def label_outside_classes(arrays, meta):
+    arrays["train_labels.npy"][0, 0, 0] = 72
+
+
+def images_of_another_type(arrays, meta):
+    arrays["train_images.npy"] = arrays["train_images.npy"].astype(np.float64)
+
+
+def a_nan_in_float_images(arrays, meta):
+    meta["image_dtype"] = "float32"
+    for name in ("train_images.npy", "validation_images.npy"):
+        arrays[name] = arrays[name].astype(np.float32)
+    arrays["validation_images.npy"][-1, 0, 0, 0] = np.nan
+
+
+@pytest.mark.parametrize(
+    "damage, damaged_file, fragment",
+    [
+        (label_outside_classes, "train_labels.npy", "label 72"),
+        (images_of_another_type, "train_images.npy", "float64"),
+        (a_nan_in_float_images, "validation_images.npy", "NaN"),
+    ],
+)
+def test_damaged_dataset_is_named_and_leaves_nothing(
+    synthetic_patches, tmp_path, damage, damaged_file, fragment
+):
+    """Each damage is found where the dataset is read: no traceback, no bundle,
+    no checkpoint folder."""
+    dataset = damaged_copy(synthetic_patches, tmp_path / "patches", damage)
+    output = tmp_path / "model"
+    result = run("i.ann.train", input=dataset, output=output, filters=2, epochs=1)
+    assert_fails(result, str(dataset / damaged_file), fragment)
+    assert not output.exists()
+    assert not (tmp_path / "model.checkpoint").exists()
+
+
 UNSAVEABLE = """
 import keras
 from keras import layers

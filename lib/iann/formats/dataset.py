@@ -150,10 +150,54 @@ def load_dataset(folder):
         raise IannError(_("<{}> is not {} ({})").format(folder, what, error))
     arrays = {}
     for key, filename in metadata.files.items():
+        path = os.path.join(folder, filename)
         try:
-            arrays[key] = np.load(os.path.join(folder, filename), mmap_mode="r")
+            arrays[key] = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:
             raise IannError(
                 _("Dataset <{}>: cannot read <{}> ({})").format(folder, filename, error)
             )
+        problem = array_problem(key, arrays[key], metadata)
+        if problem:
+            raise IannError(_("Dataset file <{}>: {}").format(path, problem))
     return metadata, arrays
+
+
+# Cells checked at a time: one pass over a file in bounded memory.
+CHECK_CHUNK = 1 << 22
+
+
+def array_problem(key, array, metadata):
+    """What is wrong with a dataset array against its metadata, or None.
+
+    Checked where the dataset is read, before training sees it: the shape
+    and type the metadata promise, labels within the classes (or
+    UNLABELLED), and no NaN in float images. One pass over each file.
+    """
+    size, n_bands = metadata.patch_size, len(metadata.bands)
+    if key.endswith("_images"):
+        shape, dtype = (size, size, n_bands), np.dtype(metadata.image_dtype)
+    else:
+        shape, dtype = (size, size), np.dtype(np.uint8)
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
+        return _("patches of shape {} where the metadata says {}").format(
+            array.shape[1:], shape
+        )
+    if array.dtype != dtype:
+        return _("type {} where the metadata says {}").format(array.dtype, dtype)
+    flat = array.reshape(-1)
+    n_classes = len(metadata.classes)
+    for start in range(0, flat.size, CHECK_CHUNK):
+        chunk = np.asarray(flat[start : start + CHECK_CHUNK])
+        if key.endswith("_labels"):
+            bad = (chunk >= n_classes) & (chunk != UNLABELLED)
+            if bad.any():
+                return _(
+                    "label {} outside the {} classes of the metadata (0 to {}, "
+                    "or {} for unlabelled cells)"
+                ).format(int(chunk[bad][0]), n_classes, n_classes - 1, UNLABELLED)
+        elif dtype.kind == "f" and np.isnan(chunk).any():
+            return _("NaN in the band values (patch {})").format(
+                (start + int(np.flatnonzero(np.isnan(chunk))[0])) // int(np.prod(shape))
+            )
+    return None

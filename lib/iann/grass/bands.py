@@ -21,6 +21,7 @@ from iann.grass.rasters import (
     read_rows,
     require_integer_map,
 )
+from iann.grass.temporary import temporary_map_name
 
 
 def start_resampling(bands, method, temporary_maps):
@@ -52,7 +53,7 @@ def start_resampling(bands, method, temporary_maps):
         )
         infos.append(info)
         if records[-1]["resampled"]:
-            temporary = gs.append_node_pid("iann_resampled_{}".format(i))
+            temporary = temporary_map_name("resampled_{}".format(i))
             temporary_maps.append(temporary)
             gs.verbose(
                 _("Resampling <{}> ({} m) to the region ({} m) by {}").format(

@@ -14,6 +14,7 @@ import grass.script as gs
 
 from iann.errors import IannError
 from iann.grass.rasters import split_name
+from iann.grass.temporary import temporary_map_name
 
 INTEGER_TYPES = ("INTEGER", "SMALLINT", "BIGINT", "INT", "INT4", "INT8")
 
@@ -99,7 +100,7 @@ def rasterise(reference, temporary_maps):
     The temporary map's name is appended to `temporary_maps` first, so the
     caller removes it even when v.to.rast fails part-way.
     """
-    output = gs.append_node_pid("iann_reference")
+    output = temporary_map_name("reference")
     temporary_maps.append(output)
     options = {"label_column": reference.label_column} if reference.label_column else {}
     # Only the feature types the map has: v.to.rast warns of each one missing

@@ -11,6 +11,7 @@ latitude-longitude project.
 import grass.script as gs
 
 from iann.errors import IannError
+from iann.grass.temporary import temporary_map_name
 
 
 def check_new_vector(name, overwrite):
@@ -23,17 +24,13 @@ def check_new_vector(name, overwrite):
         )
 
 
-def temporary_vector_name(base):
-    return gs.append_node_pid(base)
-
-
 def write_vector(classes, output, min_area, smooth, temporary_vectors):
     """Vectorise the class map `classes` into `output` (areas).
 
     Temporary vector maps go to `temporary_vectors` first, so the caller
     removes them whatever happens; `output` is written last, in one rename.
     """
-    areas = temporary_vector_name("iann_areas")
+    areas = temporary_map_name("areas")
     temporary_vectors.append(areas)
     gs.run_command(
         "r.to.vect",
@@ -47,7 +44,7 @@ def write_vector(classes, output, min_area, smooth, temporary_vectors):
     )
     final = areas
     if min_area:
-        cleaned = temporary_vector_name("iann_cleaned")
+        cleaned = temporary_map_name("cleaned")
         temporary_vectors.append(cleaned)
         gs.run_command(
             "v.clean",
@@ -60,7 +57,7 @@ def write_vector(classes, output, min_area, smooth, temporary_vectors):
         )
         # v.clean keeps the attribute rows of the areas it merged away;
         # v.extract copies only the rows of the areas left.
-        final = temporary_vector_name("iann_kept")
+        final = temporary_map_name("kept")
         temporary_vectors.append(final)
         gs.run_command(
             "v.extract",

@@ -33,6 +33,7 @@ from iann.formats.bundle import (
 from iann.grass.bands import resampled_bands
 from iann.grass.rasters import remove_maps
 from iann.grass.shared_raster import COLUMN_ALIGNMENT, SharedRaster, cell_bytes
+from iann.grass.temporary import temporary_map_name
 from iann.jobs.block import BlockJob, forget_grass_fatal, on_grass_fatal
 from iann.jobs.checks import check_request, check_resolution, image_statistics
 from iann.jobs.outputs import OutputMaps, finish, segment_sums, write_segment_classes
@@ -418,7 +419,7 @@ def finish_job(job_plan, request, results, temporary_maps):
     )
     if request.segments:
         history += " segments={}".format(request.segments)
-        objects = gs.append_node_pid("tmp_iann_objects")
+        objects = temporary_map_name("objects")
         temporary_maps.append(objects)
         sums = segment_sums(
             [r.name for r in job.probabilities], request.segments, job.region["rows"]

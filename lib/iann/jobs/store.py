@@ -16,12 +16,14 @@ In the current mapset it has:
   another run is classifying stops at once.
 """
 
+import datetime
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 
 import grass.script as gs
 
@@ -156,8 +158,10 @@ def remove_job(job_id):
 class OutputLock:
     """The record of the job classifying an output, locked while it runs.
 
-    An advisory lock (flock) on `i.ann_jobs/<output>`: it ends with the
-    process, also when the process is killed.
+    An advisory lock (flock) on `i.ann_jobs/<output>` in the mapset (so
+    machines sharing the GRASS database see it): it ends with the process,
+    also when the process is killed, and a later run takes it over. The
+    record names the job and the run that holds it (host, PID, start).
     """
 
     def __init__(self, output):
@@ -171,24 +175,46 @@ class OutputLock:
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            holder = self.read()
             self.file.close()
             raise IannError(
                 _(
                     "Another run of i.ann.classify is classifying <{}> in this "
-                    "mapset; wait for it to end, or stop it"
-                ).format(self.output)
+                    "mapset (job {}, process {} on {}, started {}); wait for it "
+                    "to end, or stop it and run this command again"
+                ).format(
+                    self.output,
+                    holder.get("job", "?"),
+                    holder.get("pid", "?"),
+                    holder.get("host", "?"),
+                    holder.get("started", "?"),
+                )
             ) from None
         return self
 
-    def earlier_job(self):
+    def read(self):
         self.file.seek(0)
         text = self.file.read().strip()
-        return text if re.fullmatch("[0-9a-f]{12}", text) else None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = {"job": text}  # the job id alone, as versions before 0.2
+        return record if isinstance(record, dict) else {}
+
+    def earlier_job(self):
+        job = self.read().get("job", "")
+        return job if re.fullmatch("[0-9a-f]{12}", str(job)) else None
 
     def record(self, job_id):
+        record = {
+            "job": job_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
         self.file.seek(0)
         self.file.truncate()
-        self.file.write(job_id)
+        self.file.write(json.dumps(record))
         self.file.flush()
 
     def forget(self):

@@ -267,5 +267,6 @@ def load_engine(folder, metadata, name, threads=1, precision="float32"):
 
 ENGINE_CLASSES = {"onnx": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
 ENGINE_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino"}
-# By the figures of bench/bench_classify.py on a 2-core CPU (see README).
+# By the figures of bench/bench_classify.py on a 2-core CPU
+# (docs/measurements.md, Engines).
 AUTO_ORDER = ("openvino", "onnx")

@@ -310,7 +310,8 @@ def fit(ready, settings, transform, class_weights, checkpoint=None, state=None):
         )
     callbacks.append(progress)
     if checkpoint:
-        os.makedirs(checkpoint, exist_ok=True)
+        # The folder is made by the first epoch's checkpoint: a run that
+        # fails before leaves none.
         callbacks.append(Checkpoint(checkpoint, dataclasses.asdict(settings), progress))
     stopped = state is not None and state.get("stopped")
     if start < settings.epochs and not stopped:
