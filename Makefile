@@ -23,11 +23,14 @@ endif
 
 .PHONY: demo test setup
 
+# The set-up: requirements.txt for the demo (and `make setup`), with
+# requirements-dev.txt too (tests, style checks) for the tests.
 setup:
 	bash .ci/setup
 
 demo: setup
 	bash demo/run_demo.sh
 
-test: setup
+test:
+	bash .ci/setup --dev
 	bash testsuite/run_tests.sh

@@ -41,8 +41,8 @@ i.ann.classify -e classified=landcover_rf reference=landclass96_heldout \
     report="$work/report_rf.json" --overwrite
 
 echo "== i.ann.patches (training blocks only)"
-# Seed 3: of the three seeds measured with these settings (README, "The
-# training recipe"), the one whose kappa is the median, so that the demo
+# Seed 3: of the three seeds measured with these settings (docs/measurements.md,
+# "The training recipe"), the one whose kappa is the median, so that the demo
 # shows a typical run rather than the best or the worst.
 r.mask --quiet raster=training_blocks
 i.ann.patches --overwrite input="$bands" reference=landclass96 \
