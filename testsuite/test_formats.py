@@ -87,7 +87,7 @@ def test_a_dataset_metadata_is_read_and_written_key_for_key(tmp_path):
         "unlabelled": 255,
         "patch_size": 8,
         "image_dtype": "uint16",
-        "statistics": [{"mean": 1.0, "std": 2.0}],
+        "statistics": {"mean": [1.0], "std": [2.0]},
         "statistics_area": "labelled reference cells with data in the band",
         "sampling": {"method": "random", "number_requested": 1},
         "counts": {"train": {"patches": 1}},
@@ -101,6 +101,9 @@ def test_a_dataset_metadata_is_read_and_written_key_for_key(tmp_path):
     assert metadata.patch_size == 8 and metadata.image_dtype == "uint16"
     assert metadata.to_json() == data
     assert list(metadata.to_json()) == list(data)
+    # A key this version does not know is kept, and written back.
+    noted = DatasetMetadata.from_json(dict(data, note="by hand"))
+    assert noted.to_json() == dict(data, note="by hand")
     folder = tmp_path / "patches"
     folder.mkdir()
     np.save(folder / "train_images.npy", np.zeros((1, 8, 8, 1), np.uint16))

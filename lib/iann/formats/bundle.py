@@ -18,9 +18,9 @@ train/saving.py.
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
 import zipfile
 import zlib
+from dataclasses import dataclass, field, fields
 
 from iann.errors import IannError
 from iann.formats.folders import read_metadata_file
@@ -49,7 +49,7 @@ class BundleMetadata:
     margin: int  # cells read around a tile (predict/tiling.py)
     size_multiple: int = 1  # a tile's side must be a multiple of this
     architecture_file: str = None
-    dataset_statistics: list = None
+    dataset_statistics: dict = None  # the dataset's statistics (per band)
     patch_size: int = None
     receptive_field_method: str = None
     training: dict = field(default_factory=dict)
@@ -82,16 +82,24 @@ class BundleMetadata:
         "onnx",
     )
 
+    # Keys this version does not know (written by hand, or by a later
+    # version of the same format_version), kept and written back last.
+    extra: dict = field(default_factory=dict, repr=False)
+
     @classmethod
     def from_json(cls, data):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
     def to_json(self):
         """The JSON object, without the ONNX record when there is none."""
         data = {name: getattr(self, name) for name in self.ORDER}
         if data["onnx"] is None:
             del data["onnx"]
+        data.update(self.extra)
         return data
 
 

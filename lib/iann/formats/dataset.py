@@ -44,7 +44,9 @@ class DatasetMetadata:
     bands: list  # {"name", "resampled", ...} per band, in the arrays' order
     classes: list  # {"index", "value", "label", "color"}
     patch_size: int
-    statistics: list  # per band: mean, std, ... over the labelled cells
+    # {"mean": [...], "std": [...], "min", "max", "p2", "p98"}: per band,
+    # over the labelled cells
+    statistics: dict
     sampling: dict  # settings, origins, numbers requested and obtained
     counts: dict  # patches and cells per class, per split
     region: dict
@@ -83,13 +85,22 @@ class DatasetMetadata:
         "files",
     )
 
+    # Keys this version does not know (written by hand, or by a later
+    # version of the same format_version), kept and written back last.
+    extra: dict = field(default_factory=dict, repr=False)
+
     @classmethod
     def from_json(cls, data):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
 
     def to_json(self):
-        return {name: getattr(self, name) for name in self.ORDER}
+        data = {name: getattr(self, name) for name in self.ORDER}
+        data.update(self.extra)
+        return data
 
 
 def write_metadata(folder, metadata):
@@ -190,12 +201,14 @@ def array_problem(key, array, metadata):
     for start in range(0, flat.size, CHECK_CHUNK):
         chunk = np.asarray(flat[start : start + CHECK_CHUNK])
         if key.endswith("_labels"):
-            bad = (chunk >= n_classes) & (chunk != UNLABELLED)
+            bad = (chunk >= n_classes) & (chunk != metadata.unlabelled)
             if bad.any():
                 return _(
                     "label {} outside the {} classes of the metadata (0 to {}, "
                     "or {} for unlabelled cells)"
-                ).format(int(chunk[bad][0]), n_classes, n_classes - 1, UNLABELLED)
+                ).format(
+                    int(chunk[bad][0]), n_classes, n_classes - 1, metadata.unlabelled
+                )
         elif dtype.kind == "f" and np.isnan(chunk).any():
             return _("NaN in the band values (patch {})").format(
                 (start + int(np.flatnonzero(np.isnan(chunk))[0])) // int(np.prod(shape))

@@ -4,7 +4,7 @@ processes, vectorising a class map, map units.
 
 The only package that talks to GRASS (its C library through ctypes, its
 modules through grass.script); the ones above it get arrays. It imports
-only iann.errors and iann.formats. This file itself imports nothing of
+only iann.errors. This file itself imports nothing of
 GRASS, so that the tile pipeline (predict/) can use CELL_NULL on machines
 without GRASS (bench/bench_gpu.py).
 """

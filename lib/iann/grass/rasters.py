@@ -7,8 +7,8 @@ resampling) and the MASK as every GRASS module does.
 """
 
 import ctypes
-import subprocess
 import functools
+import subprocess
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,7 +21,7 @@ _initialised = False
 
 
 def grass_libraries():
-    """Return the GRASS raster library, initialised for this process."""
+    """GRASS's gis and raster libraries (ctypes), initialised for this process."""
     global _initialised
     from grass.lib import gis as libgis
     from grass.lib import raster as libraster
@@ -80,7 +80,6 @@ def require_rasters(names):
 
 def check_new_raster(name, overwrite):
     """Refuse an existing map of the current mapset without overwrite."""
-
     if name and not overwrite and find_raster(name + "@" + gs.gisenv()["MAPSET"]):
         raise IannError(
             _("Raster map <{}> exists; use --overwrite to replace it").format(name)
@@ -88,8 +87,7 @@ def check_new_raster(name, overwrite):
 
 
 def require_integer_map(name):
-    """Fatal error unless the raster map is of type CELL."""
-
+    """An error unless the raster map is of type CELL."""
     datatype = raster_info(name)["datatype"]
     if datatype != "CELL":
         raise IannError(
@@ -102,7 +100,6 @@ def require_integer_map(name):
 
 def group_members(group):
     """Raster maps of an imagery group, in the group's order (i.group -g)."""
-
     if not gs.find_file(group, element="group")["fullname"]:
         raise IannError(_("Imagery group <{}> not found").format(group))
     members = gs.read_command("i.group", group=group, flags="g").split()

@@ -6,7 +6,9 @@ ends, whatever ended it but SIGKILL or a power cut. So that those are not
 left for good, every run first removes the temporary maps (rasters and
 vectors) of this mapset whose process on this machine no longer exists.
 The maps of a run on another machine sharing the GRASS database are left
-alone: its process cannot be asked from here. (A job's own maps,
+alone: its process cannot be asked from here (nor can a process of
+another PID namespace with the same host name, e.g. a container: give
+containers sharing a mapset host names of their own). (A job's own maps,
 `tmp_iann_<job>*`, are not temporary in this sense: they are kept for a
 rerun, jobs/store.py.)
 """
@@ -43,13 +45,14 @@ def remove_dead_runs_maps():
     Returns the names removed.
     """
     node = gs.legalize_vector_name(platform.node(), fallback_prefix="")
+    # (tmp_: the name of the object map's temporary before 0.1.0's end)
     pattern = re.compile(
         r"(?:tmp_)?{}\w*_{}_(\d+)".format(re.escape(PREFIX), re.escape(node))
     )
     removed = []
-    mapset = gs.gisenv()["MAPSET"]
     for element in ("raster", "vector"):
-        names = gs.list_grouped(element, pattern=PREFIX.join("**"))[mapset]
+        names = gs.list_strings(element, pattern=PREFIX.join("**"), mapset=".")
+        names = [name.split("@", 1)[0] for name in names]
         dead = [
             name
             for name in names

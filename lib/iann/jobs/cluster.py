@@ -138,11 +138,16 @@ class DaskCluster:
                 ).format(", ".join(blind))
             )
         answers = self.client.run(visibility_problem, job, on_error="return")
+        problems = {}
         for worker, problem in sorted(answers.items()):
             if isinstance(problem, Exception):
                 problem = "{}: {}".format(type(problem).__name__, problem)
             if problem:
-                raise IannError(_("Dask worker <{}> {}").format(worker, problem))
+                problems.setdefault(problem, []).append(worker)
+        for problem, workers in problems.items():
+            raise IannError(
+                _("Dask worker <{}> {}").format(", ".join(workers), problem)
+            )
 
     def threads_per_worker(self):
         """Each worker's share of the cores of its machine (the smallest)."""

@@ -184,10 +184,10 @@ class OutputLock:
                     "to end, or stop it and run this command again"
                 ).format(
                     self.output,
-                    holder.get("job", "?"),
-                    holder.get("pid", "?"),
-                    holder.get("host", "?"),
-                    holder.get("started", "?"),
+                    holder.get("job") or "?",
+                    holder.get("pid") or "?",
+                    holder.get("host") or "?",
+                    holder.get("started") or "?",
                 )
             ) from None
         return self
@@ -198,7 +198,7 @@ class OutputLock:
         try:
             record = json.loads(text)
         except ValueError:
-            record = {"job": text}  # the job id alone, as versions before 0.2
+            record = {"job": text}  # the job id alone, as written before JSON
         return record if isinstance(record, dict) else {}
 
     def earlier_job(self):

@@ -2,7 +2,7 @@
 
 Computed from the layer graph where every layer is a known kind, and
 measured by perturbing input cells otherwise; classification reads that
-much margin around each tile (tiling.tiling_margin), so the tiles join
+much margin around each tile (predict/tiling.py tiling_margin), so the tiles join
 without seams.
 """
 

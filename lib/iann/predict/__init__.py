@@ -4,5 +4,6 @@ that classifies one block from arrays, and where a region is cut into
 blocks and tiles.
 
 Runs without GRASS (bench/bench_gpu.py drives it on machines that have
-none). Imports iann.formats, iann.nn and the constant iann.grass.CELL_NULL.
+none). Imports iann.formats, iann.nn, and of iann.grass only what needs
+no GRASS: the constant CELL_NULL and the map units (grass/units.py).
 """

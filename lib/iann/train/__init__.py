@@ -4,5 +4,6 @@ The settings and their options, the batches (augmented, standardised),
 callbacks (GRASS progress, early stopping, per-epoch accuracy),
 checkpoints and resuming, devices and data parallelism, transfer from a
 pretrained bundle, the training curves, and the bundle written. Imports
-iann.formats, iann.nn, iann.accuracy.metrics and iann.predict.
+iann.malloc, iann.formats, iann.nn, iann.accuracy.metrics and
+iann.predict.
 """

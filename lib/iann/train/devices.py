@@ -47,7 +47,9 @@ def data_parallel_scope():
 
 def training_precision(precision):
     """The precision to train in: float16 only where a GPU is (a warning)."""
-    precision, problem = usable_precision(precision)
+    # The backend's own devices decide: a GPU it trains on need not be
+    # an NVIDIA one (gpu_present looks for NVIDIA's driver only).
+    precision, problem = usable_precision(precision, gpu=bool(accelerators()))
     if problem:
         gs.warning(problem)
     return precision
