@@ -30,7 +30,7 @@ def plain_environment(addons):
     env["PATH"] = os.pathsep.join(
         p
         for p in os.environ["PATH"].split(os.pathsep)
-        if "grass82" not in p and str(addons) not in p
+        if not p.startswith(os.environ["GISBASE"]) and str(addons) not in p
     )
     env["GRASS_ADDON_BASE"] = str(addons)
     return env
