@@ -79,21 +79,22 @@ def disk_usage(path):
     return int(subprocess.check_output(["du", "-sb", path]).split()[0])
 
 
-def make_bands(side):
+def make_bands(side, prefix="band"):
     """Five 8-bit bands of side x side cells, in one r.mapcalc run."""
     import grass.script as gs
 
     gs.run_command("g.region", n=side, s=0, e=side, w=0, res=1)
+    names = ["{}{}".format(prefix, b) for b in range(BANDS)]
     expressions = [
-        "band{b} = int(127 + 100 * sin(x() / (5 + {b})) * cos(y() / (7 + {b})))".format(
-            b=b
+        "{} = int(127 + 100 * sin(x() / (5 + {b})) * cos(y() / (7 + {b})))".format(
+            name, b=b
         )
-        for b in range(BANDS)
+        for b, name in enumerate(names)
     ]
     gs.write_command(
         "r.mapcalc", file="-", stdin="\n".join(expressions), overwrite=True, quiet=True
     )
-    return ["band{}".format(b) for b in range(BANDS)]
+    return names
 
 
 def fcn_margin():
@@ -409,7 +410,7 @@ def main():
         )
         print("resumed", json.dumps(resumed), flush=True)
         gs.run_command("g.remove", type="raster", name="classes", flags="f", quiet=True)
-        fixed = fixed_cost_per_block(bands, pointwise)
+        fixed = fixed_cost_per_block(pointwise)
         print("fixed cost of a block: {:.1f} ms".format(fixed * 1000), flush=True)
         wallonia = [
             wallonia_plan(bands, pointwise, DEFAULT_ROWS),
@@ -418,10 +419,11 @@ def main():
         print(json.dumps(wallonia), flush=True)
         per_task = dask_cost_per_task()
         print("Dask: {:.2f} ms a no-op task".format(per_task * 1000), flush=True)
-        gs.run_command("g.region", n=2048, s=0, e=2048, w=0, res=1)
+        # On bands of the region's size (see fixed_cost_per_block).
+        fcn_bands = make_bands(2048, prefix="fcn_band")
         fcn = os.path.join(tmp, "fcn32")
         make_bundle(fcn, "fcn", filters=32)
-        fcn_figures = run_module(command(fcn, bands, "fcn"))
+        fcn_figures = run_module(command(fcn, fcn_bands, "fcn"))
         fcn_rate = 2048 * 2048 / fcn_figures["in_blocks"]
         print("fcn-32: {:.2f} M cells/s in blocks".format(fcn_rate / 1e6), flush=True)
     report(
@@ -600,11 +602,16 @@ def report(
     )
 
 
-def fixed_cost_per_block(bands, bundle, side=1024, block_size=64):
-    """Seconds a block costs beyond its cells (see the module's docstring)."""
+def fixed_cost_per_block(bundle, side=1024, block_size=64):
+    """Seconds a block costs beyond its cells (see the module's docstring).
+
+    On bands of the region's own size: GRASS reads a whole row of a map
+    for any part of it, so blocks of a region narrower than the maps would
+    count the rows' other cells as the blocks' cost.
+    """
     import grass.script as gs
 
-    gs.run_command("g.region", n=side, s=0, e=side, w=0, res=1)
+    bands = make_bands(side, prefix="fixed_band")
     times = {}
     for size in (block_size, side):
         figures = run_module(
