@@ -20,10 +20,10 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from iann.errors import IannError
-from iann.formats.folders import read_metadata_file
+from iann.formats.folders import JsonMetadata, read_metadata_file
 
 BUNDLE_FORMAT = "i.ann.model"
 BUNDLE_FORMAT_VERSION = 1
@@ -34,7 +34,7 @@ CUSTOM_ARCHITECTURE = "architecture.py"
 
 
 @dataclass
-class BundleMetadata:
+class BundleMetadata(JsonMetadata):
     """metadata.json of a bundle: what the network needs and how it was made.
 
     The fields are the JSON's keys, in its order; defaults live here.
@@ -82,25 +82,9 @@ class BundleMetadata:
         "onnx",
     )
 
-    # Keys this version does not know (written by hand, or by a later
-    # version of the same format_version), kept and written back last.
+    LEFT_OUT_WHEN_NONE = ("onnx",)
+    # Keys this version does not know (JsonMetadata).
     extra: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_json(cls, data):
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(
-            **{k: v for k, v in data.items() if k in known},
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-
-    def to_json(self):
-        """The JSON object, without the ONNX record when there is none."""
-        data = {name: getattr(self, name) for name in self.ORDER}
-        if data["onnx"] is None:
-            del data["onnx"]
-        data.update(self.extra)
-        return data
 
 
 def write_metadata(folder, metadata):

@@ -14,12 +14,12 @@ patches/plan.py plans what is written, patches/write.py writes it.
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from iann.errors import IannError
-from iann.formats.folders import read_metadata_file
+from iann.formats.folders import JsonMetadata, read_metadata_file
 
 DATASET_FORMAT = "i.ann.patches"
 DATASET_FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ UNLABELLED = 255
 
 
 @dataclass
-class DatasetMetadata:
+class DatasetMetadata(JsonMetadata):
     """metadata.json of a patch dataset.
 
     The fields are the JSON's keys, in its order; defaults live here.
@@ -85,22 +85,8 @@ class DatasetMetadata:
         "files",
     )
 
-    # Keys this version does not know (written by hand, or by a later
-    # version of the same format_version), kept and written back last.
+    # Keys this version does not know (JsonMetadata).
     extra: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_json(cls, data):
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(
-            **{k: v for k, v in data.items() if k in known},
-            extra={k: v for k, v in data.items() if k not in known},
-        )
-
-    def to_json(self):
-        data = {name: getattr(self, name) for name in self.ORDER}
-        data.update(self.extra)
-        return data
 
 
 def write_metadata(folder, metadata):

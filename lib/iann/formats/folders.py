@@ -6,6 +6,7 @@ half-written folder behind.
 
 import json
 import os
+from dataclasses import fields
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -81,3 +82,33 @@ def read_metadata_file(folder, name, form, version, what):
             ).format(path, found, version)
         )
     return metadata
+
+
+class JsonMetadata:
+    """What the metadata dataclasses share: their JSON object, both ways.
+
+    A subclass (a dataclass) lists its keys in ORDER, the JSON's order;
+    those in LEFT_OUT_WHEN_NONE are not written when None. Keys this
+    version does not know (written by hand, or by a later version of the
+    same format_version) are kept in the field `extra` and written back last.
+    """
+
+    ORDER = ()
+    LEFT_OUT_WHEN_NONE = ()
+
+    @classmethod
+    def from_json(cls, data):
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            **{k: v for k, v in data.items() if k in known},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_json(self):
+        data = {
+            name: getattr(self, name)
+            for name in self.ORDER
+            if not (name in self.LEFT_OUT_WHEN_NONE and getattr(self, name) is None)
+        }
+        data.update(self.extra)
+        return data
