@@ -33,58 +33,36 @@ ONNX_FILE = "model.onnx"
 CUSTOM_ARCHITECTURE = "architecture.py"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BundleMetadata(JsonMetadata):
     """metadata.json of a bundle: what the network needs and how it was made.
 
     The fields are the JSON's keys, in its order; defaults live here.
     """
 
+    format: str = BUNDLE_FORMAT
+    format_version: int = BUNDLE_FORMAT_VERSION
+    created: str = None
     architecture: str  # fcn, unet, or the path of the user's file
+    architecture_file: str = None
     parameters: dict  # the builder's keyword arguments
+    size_multiple: int = 1  # a tile's side must be a multiple of this
     bands: list  # {"name", ...} in the network's input order
     classes: list  # {"index", "value", "label", "color"}
     normalisation: dict  # {"method", "mean", "std"} per band
-    receptive_field: int
-    margin: int  # cells read around a tile (predict/tiling.py)
-    size_multiple: int = 1  # a tile's side must be a multiple of this
-    architecture_file: str = None
     dataset_statistics: dict = None  # the dataset's statistics (per band)
     patch_size: int = None
+    receptive_field: int
     receptive_field_method: str = None
+    margin: int  # cells read around a tile (predict/tiling.py)
     training: dict = field(default_factory=dict)
     dataset: dict = field(default_factory=dict)  # region, projection, sampling
     software: dict = field(default_factory=dict)
-    created: str = None
     onnx: dict = None  # the export's record (predict/onnx_export.py)
-    format: str = BUNDLE_FORMAT
-    format_version: int = BUNDLE_FORMAT_VERSION
-
-    ORDER = (
-        "format",
-        "format_version",
-        "created",
-        "architecture",
-        "architecture_file",
-        "parameters",
-        "size_multiple",
-        "bands",
-        "classes",
-        "normalisation",
-        "dataset_statistics",
-        "patch_size",
-        "receptive_field",
-        "receptive_field_method",
-        "margin",
-        "training",
-        "dataset",
-        "software",
-        "onnx",
-    )
-
-    LEFT_OUT_WHEN_NONE = ("onnx",)
     # Keys this version does not know (JsonMetadata).
     extra: dict = field(default_factory=dict, repr=False)
+
+    LEFT_OUT_WHEN_NONE = ("onnx",)
 
 
 def write_metadata(folder, metadata):

@@ -34,57 +34,34 @@ ARRAYS = {
 UNLABELLED = 255
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DatasetMetadata(JsonMetadata):
     """metadata.json of a patch dataset.
 
     The fields are the JSON's keys, in its order; defaults live here.
     """
 
+    format: str = DATASET_FORMAT
+    format_version: int = DATASET_FORMAT_VERSION
+    created: str = None
     bands: list  # {"name", "resampled", ...} per band, in the arrays' order
+    reference: str = None
+    reference_vector: dict = None
     classes: list  # {"index", "value", "label", "color"}
+    unlabelled: int = UNLABELLED
     patch_size: int
+    image_dtype: str = "float32"
     # {"mean": [...], "std": [...], "min", "max", "p2", "p98"}: per band,
     # over the labelled cells
     statistics: dict
+    statistics_area: str = None
     sampling: dict  # settings, origins, numbers requested and obtained
     counts: dict  # patches and cells per class, per split
     region: dict
-    reference: str = None
-    reference_vector: dict = None
-    unlabelled: int = UNLABELLED
-    image_dtype: str = "float32"
-    statistics_area: str = None
     mask: bool = False
     projection: str = ""
     software: dict = field(default_factory=dict)
     files: dict = field(default_factory=lambda: dict(ARRAYS))
-    created: str = None
-    format: str = DATASET_FORMAT
-    format_version: int = DATASET_FORMAT_VERSION
-
-    ORDER = (
-        "format",
-        "format_version",
-        "created",
-        "bands",
-        "reference",
-        "reference_vector",
-        "classes",
-        "unlabelled",
-        "patch_size",
-        "image_dtype",
-        "statistics",
-        "statistics_area",
-        "sampling",
-        "counts",
-        "region",
-        "mask",
-        "projection",
-        "software",
-        "files",
-    )
-
     # Keys this version does not know (JsonMetadata).
     extra: dict = field(default_factory=dict, repr=False)
 

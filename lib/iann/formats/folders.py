@@ -87,13 +87,13 @@ def read_metadata_file(folder, name, form, version, what):
 class JsonMetadata:
     """What the metadata dataclasses share: their JSON object, both ways.
 
-    A subclass (a dataclass) lists its keys in ORDER, the JSON's order;
+    A subclass is a dataclass whose fields are the JSON's keys in the
+    JSON's order (keyword-only, so that defaults need not come last);
     those in LEFT_OUT_WHEN_NONE are not written when None. Keys this
     version does not know (written by hand, or by a later version of the
     same format_version) are kept in the field `extra` and written back last.
     """
 
-    ORDER = ()
     LEFT_OUT_WHEN_NONE = ()
 
     @classmethod
@@ -105,10 +105,12 @@ class JsonMetadata:
         )
 
     def to_json(self):
-        data = {
-            name: getattr(self, name)
-            for name in self.ORDER
-            if not (name in self.LEFT_OUT_WHEN_NONE and getattr(self, name) is None)
-        }
+        data = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and not (
+                f.name in self.LEFT_OUT_WHEN_NONE and value is None
+            ):
+                data[f.name] = value
         data.update(self.extra)
         return data

@@ -144,7 +144,8 @@ class DaskCluster:
                 problem = "{}: {}".format(type(problem).__name__, problem)
             if problem:
                 problems.setdefault(problem, []).append(worker)
-        for problem, workers in problems.items():
+        if problems:
+            problem, workers = next(iter(problems.items()))
             raise IannError(
                 _("Dask worker <{}> {}").format(", ".join(workers), problem)
             )
