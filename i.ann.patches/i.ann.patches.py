@@ -183,24 +183,16 @@ import sys
 
 import grass.script as gs
 
-
-def import_library():
-    """Put the i.ann library on sys.path: lib/ of the source tree, or etc/i.ann.
-
-    etc/i.ann beside the installed script's folder is found even when
-    GRASS_ADDON_BASE points elsewhere (grass-session).
-    """
-    here = os.path.dirname(os.path.realpath(__file__))
-    source = os.path.join(here, "..", "lib")
-    path = source if os.path.isdir(source) else os.path.join(here, "..", "etc", "i.ann")
-    try:
-        gs.utils.set_path(modulename="i.ann", dirname="iann", path=path)
-    except ImportError:
-        gs.fatal(_("The i.ann library is not installed"))
+# The library: lib/ of the source tree, or etc/i.ann of the installed addon,
+# found from this script's own folder because grass-session moves
+# GRASS_ADDON_BASE (gs.utils.set_path would look there, or in the cwd).
+sys.path[:0] = [
+    os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", folder)
+    for folder in ("lib", os.path.join("etc", "i.ann"))
+]
 
 
 def main(options, flags):
-    import_library()
     from iann.errors import IannError
     from iann.formats.dataset import summary
     from iann.formats.folders import check_new_folder

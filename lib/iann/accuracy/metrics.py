@@ -240,23 +240,19 @@ def format_report(report):
         "",
     ]
     width = max([5] + [len(c["label"]) for c in report["classes"]])
-    header = "{:>6}  {:<{w}}  {:>9}  {:>6}  {:>6}  {:>9}".format(
-        "value", "class", "precision", "recall", "f1", "support", w=width
+    lines += _table(
+        "{:>6}  {:<{w}}  {:>9}  {:>6}  {:>6}  {:>9}",
+        "{:>6}  {:<{w}}  {:>9.4f}  {:>6.4f}  {:>6.4f}  {:>9}",
+        ["value", "class", "precision", "recall", "f1", "support"],
+        [
+            [
+                c[key]
+                for key in ("value", "label", "precision", "recall", "f1", "support")
+            ]
+            for c in report["classes"]
+        ],
+        w=width,
     )
-    lines.append(header)
-    lines.append("-" * len(header))
-    for c in report["classes"]:
-        lines.append(
-            "{:>6}  {:<{w}}  {:>9.4f}  {:>6.4f}  {:>6.4f}  {:>9}".format(
-                c["value"],
-                c["label"],
-                c["precision"],
-                c["recall"],
-                c["f1"],
-                c["support"],
-                w=width,
-            )
-        )
     if report["unseen_reference_classes"]:
         lines.append("")
         lines.append(
@@ -274,25 +270,27 @@ def format_report(report):
             )
         )
         unit = adjusted.get("area_unit", "map units^2")
-        header = "{:>6}  {:>14}  {:>22}  {:>15}  {:>15}".format(
-            "value",
-            "mapped " + unit,
-            "estimated {} +/- CI".format(unit),
-            "user's +/- CI",
-            "producer's +/- CI",
-        )
-        lines.append(header)
-        lines.append("-" * len(header))
-        for c in adjusted["classes"]:
-            lines.append(
-                "{:>6}  {:>14.0f}  {:>22}  {:>15}  {:>15}".format(
+        lines += _table(
+            "{:>6}  {:>14}  {:>22}  {:>15}  {:>15}",
+            "{:>6}  {:>14.0f}  {:>22}  {:>15}  {:>15}",
+            [
+                "value",
+                "mapped " + unit,
+                "estimated {} +/- CI".format(unit),
+                "user's +/- CI",
+                "producer's +/- CI",
+            ],
+            [
+                [
                     c["value"],
                     c["mapped_area"],
                     "{:.0f} +/- {:.0f}".format(c["area"], c["area_ci95"]),
                     _pm(c["users_accuracy"], c["users_accuracy_ci95"]),
                     _pm(c["producers_accuracy"], c["producers_accuracy_ci95"]),
-                )
-            )
+                ]
+                for c in adjusted["classes"]
+            ],
+        )
     matrix = report["confusion_matrix"]
     lines.append("")
     lines.append("Confusion matrix (rows: reference, columns: map)")
@@ -305,6 +303,14 @@ def format_report(report):
             "{:>7}".format(v) + "".join("{:>{c}}".format(x, c=cell) for x in row)
         )
     return "\n".join(lines)
+
+
+def _table(header_format, row_format, titles, rows, **widths):
+    """A text table's lines: the titles, a rule as long, then the rows."""
+    header = header_format.format(*titles, **widths)
+    return [header, "-" * len(header)] + [
+        row_format.format(*row, **widths) for row in rows
+    ]
 
 
 def _pm(value, ci):

@@ -42,7 +42,6 @@ class BundleMetadata(JsonMetadata):
 
     format: str = BUNDLE_FORMAT
     format_version: int = BUNDLE_FORMAT_VERSION
-    created: str = None
     architecture: str  # fcn, unet, or the path of the user's file
     architecture_file: str = None
     parameters: dict  # the builder's keyword arguments
@@ -59,9 +58,6 @@ class BundleMetadata(JsonMetadata):
     dataset: dict = field(default_factory=dict)  # region, projection, sampling
     software: dict = field(default_factory=dict)
     onnx: dict = None  # the export's record (predict/onnx_export.py)
-    # Keys this version does not know (JsonMetadata).
-    extra: dict = field(default_factory=dict, repr=False)
-
     LEFT_OUT_WHEN_NONE = ("onnx",)
 
 

@@ -43,7 +43,6 @@ class DatasetMetadata(JsonMetadata):
 
     format: str = DATASET_FORMAT
     format_version: int = DATASET_FORMAT_VERSION
-    created: str = None
     bands: list  # {"name", "resampled", ...} per band, in the arrays' order
     reference: str = None
     reference_vector: dict = None
@@ -62,8 +61,6 @@ class DatasetMetadata(JsonMetadata):
     projection: str = ""
     software: dict = field(default_factory=dict)
     files: dict = field(default_factory=lambda: dict(ARRAYS))
-    # Keys this version does not know (JsonMetadata).
-    extra: dict = field(default_factory=dict, repr=False)
 
 
 def write_metadata(folder, metadata):

@@ -6,10 +6,10 @@ half-written folder behind.
 
 import json
 import os
-from dataclasses import fields
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 
 from iann.errors import IannError
 
@@ -84,15 +84,23 @@ def read_metadata_file(folder, name, form, version, what):
     return metadata
 
 
+@dataclass(kw_only=True)
 class JsonMetadata:
-    """What the metadata dataclasses share: their JSON object, both ways.
+    """What the metadata dataclasses share: the format's header, and their
+    JSON object both ways.
 
     A subclass is a dataclass whose fields are the JSON's keys in the
-    JSON's order (keyword-only, so that defaults need not come last);
-    those in LEFT_OUT_WHEN_NONE are not written when None. Keys this
+    JSON's order (keyword-only, so that defaults need not come last); it
+    gives `format` and `format_version` their defaults, which keeps them
+    first. Fields in LEFT_OUT_WHEN_NONE are not written when None. Keys this
     version does not know (written by hand, or by a later version of the
     same format_version) are kept in the field `extra` and written back last.
     """
+
+    format: str
+    format_version: int
+    created: str = None
+    extra: dict = field(default_factory=dict, repr=False)
 
     LEFT_OUT_WHEN_NONE = ()
 

@@ -134,19 +134,18 @@ class SharedRaster:
 
         _, libraster = grass_libraries()
         if self.cell_type == "CELL":
-            value = libraster.Range()
-            libraster.Rast_init_range(ctypes.byref(value))
-            if low is not None:
-                libraster.Rast_update_range(int(low), ctypes.byref(value))
-                libraster.Rast_update_range(int(high), ctypes.byref(value))
-            libraster.Rast_write_range(self.name.encode(), ctypes.byref(value))
+            value, cast = libraster.Range(), int
+            init, update = libraster.Rast_init_range, libraster.Rast_update_range
+            write = libraster.Rast_write_range
         else:
-            value = libraster.FPRange()
-            libraster.Rast_init_fp_range(ctypes.byref(value))
-            if low is not None:
-                libraster.Rast_update_fp_range(float(low), ctypes.byref(value))
-                libraster.Rast_update_fp_range(float(high), ctypes.byref(value))
-            libraster.Rast_write_fp_range(self.name.encode(), ctypes.byref(value))
+            value, cast = libraster.FPRange(), float
+            init, update = libraster.Rast_init_fp_range, libraster.Rast_update_fp_range
+            write = libraster.Rast_write_fp_range
+        init(ctypes.byref(value))
+        if low is not None:
+            update(cast(low), ctypes.byref(value))
+            update(cast(high), ctypes.byref(value))
+        write(self.name.encode(), ctypes.byref(value))
 
     def writer(self):
         return SharedRasterWriter(self)

@@ -30,43 +30,28 @@ def write_vector(classes, output, min_area, smooth, temporary_vectors):
     Temporary vector maps go to `temporary_vectors` first, so the caller
     removes them whatever happens; `output` is written last, in one rename.
     """
-    areas = temporary_map_name("areas")
-    temporary_vectors.append(areas)
-    gs.run_command(
+
+    def into_temporary(module, purpose, **options):
+        name = temporary_map_name(purpose)
+        temporary_vectors.append(name)
+        gs.run_command(module, output=name, quiet=True, overwrite=True, **options)
+        return name
+
+    final = into_temporary(
         "r.to.vect",
+        "areas",
         input=classes,
-        output=areas,
         type="area",
         column="value",
         flags="s" if smooth else "",
-        quiet=True,
-        overwrite=True,
     )
-    final = areas
     if min_area:
-        cleaned = temporary_map_name("cleaned")
-        temporary_vectors.append(cleaned)
-        gs.run_command(
-            "v.clean",
-            input=areas,
-            output=cleaned,
-            tool="rmarea",
-            threshold=min_area,
-            quiet=True,
-            overwrite=True,
+        cleaned = into_temporary(
+            "v.clean", "cleaned", input=final, tool="rmarea", threshold=min_area
         )
         # v.clean keeps the attribute rows of the areas it merged away;
         # v.extract copies only the rows of the areas left.
-        final = temporary_map_name("kept")
-        temporary_vectors.append(final)
-        gs.run_command(
-            "v.extract",
-            input=cleaned,
-            output=final,
-            type="area",
-            quiet=True,
-            overwrite=True,
-        )
+        final = into_temporary("v.extract", "kept", input=cleaned, type="area")
     gs.run_command("g.rename", vector=(final, output), overwrite=True, quiet=True)
     temporary_vectors.remove(final)
     gs.vector_history(output)
