@@ -12,6 +12,7 @@ import platform
 import signal
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +279,162 @@ def test_temporary_maps_of_dead_runs_are_removed(mapset, pointwise_bundle):
         alive.kill()
         alive.wait()
     gs.run_command("g.remove", type="raster", name=live_raster, flags="f", quiet=True)
+
+
+BUNDLE_V1 = Path(__file__).parent / "data" / "bundle_v1"
+
+
+@contextmanager
+def mapset_on_tmpfs(name, size):
+    """A new mapset on a tmpfs of `size` of its own, made current."""
+    folder = location_path() / name
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.fail("a tmpfs cannot be mounted here: " + mounted.stderr)
+    try:
+        (folder / "WIND").write_bytes(
+            (location_path() / "PERMANENT" / "DEFAULT_WIND").read_bytes()
+        )
+        previous = gs.gisenv()["MAPSET"]
+        region = gs.region()
+        gs.run_command("g.mapset", mapset=name, quiet=True)
+        gs.run_command(
+            "g.region", **{k: region[k] for k in ("n", "s", "e", "w", "nsres", "ewres")}
+        )
+        try:
+            yield folder
+        finally:
+            gs.run_command("g.mapset", mapset=previous, quiet=True)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        folder.rmdir()
+
+
+def bands_for_bundle_v1(rows, cols):
+    """bundle_v1's three bands in the current mapset, the third at half the
+    resolution (resampled into the job's mapset); their full names."""
+    gs.run_command("g.region", n=rows, s=0, e=cols, w=0, res=1)
+    gs.mapcalc("v1_red = float(100 + 40 * sin(row() * 7 + col() * 3))", quiet=True)
+    gs.mapcalc("v1_green = float(110 + 45 * cos(row() * 5))", quiet=True)
+    gs.run_command("g.region", res=2)
+    gs.mapcalc("v1_ndsm = float(3 + 5 * sin(col() * 11))", quiet=True)
+    gs.run_command("g.region", res=1)
+    here = gs.gisenv()["MAPSET"]
+    return ",".join("{}@{}".format(b, here) for b in ("v1_red", "v1_green", "v1_ndsm"))
+
+
+def disk_full_message(result, folder):
+    """The one message of a job stopped by a full disk, on one line."""
+    message = " ".join(result.stderr.split())
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Compute Failed" not in result.stderr
+    assert (
+        "ERROR: The disk of mapset <{}> is full (the filesystem at <{}>".format(
+            folder, folder
+        )
+        in message
+    ), message
+    assert "Make room on it, then run the same command again" in message
+    return message
+
+
+def test_a_disk_too_small_is_refused_before_any_block(mapset):
+    """The maps a job needs are compared with the space left, up front."""
+    bands = bands_for_bundle_v1(400, 400)
+    with mapset_on_tmpfs(mapset + "_small", "1m") as folder:
+        result = run(
+            "i.ann.classify",
+            input=bands,
+            model=BUNDLE_V1,
+            output="lc",
+            probabilities="prob",
+            uncertainty="unc",
+        )
+        message = disk_full_message(result, folder)
+        # 400 x 400 cells: CELL classes (1 byte a cell) and five FCELL maps,
+        # about 3.4 MB with their NULL files; the tmpfs holds 1 MB.
+        assert "the maps of this job need 3 MB more" in message
+        assert "WARNING" not in message  # nothing to keep
+        assert gs.read_command("g.list", type="all", mapset=".").split() == []
+        assert not (folder / "i.ann_jobs").exists()
+
+
+@pytest.mark.parametrize(
+    "stopped_at, nprocs",
+    [("first", 1), ("first", 2), ("last", 1)],
+)
+def test_a_disk_filled_during_a_job_keeps_its_blocks(mapset, stopped_at, nprocs):
+    """A full disk in a block (in this process or a worker) or while the
+    maps are finished: one clear message, the blocks done kept, nothing
+    under the outputs' names; with room made, the same command finishes
+    the job, and its maps are those of a job on a roomy disk (the oracle).
+
+    The job is stopped (SIGSTOP) when the first or the last block's marker
+    appears, the tmpfs is filled to the last byte, and the job goes on.
+    """
+    bands = bands_for_bundle_v1(1000, 1000)
+    common = dict(input=bands, model=BUNDLE_V1, block_size=100)
+    outputs = dict(output="lc", probabilities="prob", uncertainty="unc")
+    run_ok("i.ann.classify", output="lc_roomy", uncertainty="unc_roomy", **common)
+    roomy = gs.gisenv()["MAPSET"]
+    marker = "000000.json" if stopped_at == "first" else "000009.json"
+    with mapset_on_tmpfs(mapset + "_tmpfs", "40m") as folder:
+        process = start("i.ann.classify", nprocs=nprocs, **common, **outputs)
+        try:
+            wait_for(
+                lambda: list(folder.glob("i.ann_jobs/blocks_*/" + marker)),
+                300,
+                "the marker of the {} block".format(stopped_at),
+            )
+            os.killpg(process.pid, signal.SIGSTOP)
+            with open(folder / "filler", "wb") as filler:
+                chunk = bytes(2**16)
+                try:
+                    while True:
+                        filler.write(chunk)
+                        filler.flush()
+                except OSError:
+                    pass
+            os.killpg(process.pid, signal.SIGCONT)
+            stdout, stderr = process.communicate(timeout=600)
+        finally:
+            stop_group(process)
+        result = subprocess.CompletedProcess([], process.returncode, stdout, stderr)
+        message = disk_full_message(result, folder)
+        kept = done_blocks()
+        if stopped_at == "first":
+            assert 1 <= kept < 10
+            assert "{} of 10 blocks are kept".format(kept) in message
+        else:
+            assert kept == 10
+            assert "All 10 blocks are kept" in message
+        maps = gs.read_command("g.list", type="raster", mapset=".").split()
+        assert maps and all(name.startswith("tmp_iann_") for name in maps), maps
+        (folder / "filler").unlink()
+        result = run_ok("i.ann.classify", "verbose", nprocs=nprocs, **common, **outputs)
+        assert "{} of 10 blocks already classified".format(kept) in " ".join(
+            result.stderr.split()
+        )
+        np.testing.assert_array_equal(
+            read_map("lc", null=-1, dtype=np.int32),
+            read_map("lc_roomy@" + roomy, null=-1, dtype=np.int32),
+        )
+        np.testing.assert_allclose(
+            read_map("unc", null=np.nan),
+            read_map("unc_roomy@" + roomy, null=np.nan),
+            atol=1e-6,
+        )
+        assert_no_job_left()
+        assert sorted(gs.read_command("g.list", type="all", mapset=".").split()) == [
+            "lc",
+            "prob_1",
+            "prob_2",
+            "prob_3",
+            "prob_5",
+            "unc",
+        ]

@@ -3,3 +3,7 @@
 
 class IannError(Exception):
     """Bad input or state, with a message meant for the GRASS user."""
+
+
+class DiskFull(IannError):
+    """No space left where a job writes: the work done so far is kept."""

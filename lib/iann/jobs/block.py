@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from iann.errors import IannError
+from iann.errors import DiskFull, IannError
 from iann.formats.bundle import METADATA_FILE
 from iann.malloc import reuse_freed_memory
 from iann.predict.pipeline import PredictionSettings, classify_block
@@ -413,13 +413,7 @@ def _run_block(job, block, progress):
         raise
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise IannError(
-                "No space left for the maps of the job in <{}> ({}): {}".format(
-                    os.path.join(job.gisdbase, job.location, job.mapset),
-                    describe(job, block),
-                    error.strerror,
-                )
-            ) from None
+            raise disk_full_in(job, block, error) from None
         raise block_failed(job, block, error) from None
     except Exception as error:  # noqa: BLE001 - named with its block, no retry
         raise block_failed(job, block, error) from None
@@ -435,8 +429,18 @@ def _run_block(job, block, progress):
         network_seconds=stats.network_seconds,
         engine_loads=_PROCESS["loads"],
     )
-    mark_done(job, result)
+    try:
+        mark_done(job, result)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_in(job, block, error) from None
+        raise
     return result
+
+
+def disk_full_in(job, block, error):
+    # Plain text: workers have no gettext; the job's process says the rest.
+    return DiskFull("{}: {}".format(describe(job, block), error.strerror))
 
 
 def block_failed(job, block, error):

@@ -31,6 +31,7 @@ from iann.formats.bundle import (
     read_bundle_metadata,
 )
 from iann.grass.bands import resampled_bands
+from iann.grass.disk import disk_full, mapset_folder
 from iann.grass.rasters import remove_maps
 from iann.grass.shared_raster import COLUMN_ALIGNMENT, SharedRaster, cell_bytes
 from iann.grass.temporary import temporary_map_name
@@ -263,7 +264,14 @@ def classify(request, temporary_maps):
     final names only when everything succeeded.
     """
     started = time.perf_counter()
-    job_plan = plan(request, temporary_maps)
+    try:
+        job_plan = plan(request, temporary_maps)
+    except Exception as error:
+        # The bands resampled into the mapset may have filled its disk.
+        full = disk_full(error, mapset_folder())
+        if full is None:
+            raise
+        raise full from None
     planned = time.perf_counter() - started
     job = job_plan.job
     region = job.region
@@ -335,10 +343,15 @@ def run_job(job_plan, request, lock, temporary_maps):
         # Ctrl-C, SIGTERM: the finished blocks are kept for a rerun.
         keep_for_resume(job, lock, n_blocks)
         raise
-    except BaseException:
-        # A failure: nothing of the job is left behind.
-        end_job(job, lock)
-        raise
+    except BaseException as error:
+        full = disk_full(error, os.path.join(job.gisdbase, job.location, job.mapset))
+        if full is None:
+            # A failure: nothing of the job is left behind.
+            end_job(job, lock)
+            raise
+        # A full disk: the finished blocks are kept for a rerun with space.
+        keep_for_resume(job, lock, n_blocks)
+        raise full from None
     finally:
         forget_grass_fatal(on_fatal)
     end_job(job, lock)

@@ -100,7 +100,9 @@ class DaskCluster:
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            # A block's failure comes back through its future and is
+            # reported once by the module, not also as the worker's log.
+            silence_logs=logging.CRITICAL,
             env=thread_environment(self.threads),
         )
         self.client = Client(self.cluster, set_as_default=False)

@@ -92,13 +92,16 @@ def finish(temporary, final, metadata, history, uncertainty_method):
             quiet=True,
         )
         gs.run_command("r.colors", map=temporary.uncertainty, color="magma", quiet=True)
-    renamed = []
-    for old, new in zip(temporary.names(), final.names()):
-        if old and new:
-            gs.run_command("g.rename", raster=(old, new), overwrite=True, quiet=True)
-            gs.raster_history(new, overwrite=True)
-            renamed.append(old)
-    return renamed
+    pairs = [
+        (old, new) for old, new in zip(temporary.names(), final.names()) if old and new
+    ]
+    # Everything that writes is done before the first rename, so that a
+    # failure (a full disk) leaves no output under its final name.
+    for old, _new in pairs:
+        gs.raster_history(old, overwrite=True)
+    for old, new in pairs:
+        gs.run_command("g.rename", raster=(old, new), overwrite=True, quiet=True)
+    return [old for old, _new in pairs]
 
 
 def add_segment_sums(sums, segment_ids, probabilities):

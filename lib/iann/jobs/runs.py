@@ -5,7 +5,9 @@ Both run the same block.run_block; a Dask run starts a LocalCluster of
 a GPU resource with -g.
 """
 
+import os
 import signal
+import sys
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -39,18 +41,36 @@ class Progress:
             self.shown = percent
             self.percent(done, self.total, 1)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # G_percent ends its line at 100% only: a message after a run cut
+        # short (an error, Ctrl-C) starts on a line of its own.
+        shown = (
+            os.environ.get("GRASS_MESSAGE_FORMAT", "standard")
+            in (
+                "standard",
+                "plain",
+            )
+            and int(os.environ.get("GRASS_VERBOSE", "2")) >= 1
+        )
+        if shown and 0 <= self.shown < 100:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
 
 def run_in_process(plan, todo):
     """Classify the blocks one after the other in this process."""
     job = replace(plan.job, threads=cores_available())
     gs.message(_("Engine: {}").format(plan.engine.describe(job.threads)))
     rows_of = [-(-b.core.rows // job.tile_size) for b in todo]
-    progress = Progress(sum(rows_of))
     results = []
-    for block, before in zip(todo, np.cumsum([0] + rows_of[:-1])):
-        results.append(
-            run_block(job, block, lambda done, _n, b=before: progress(b + done))
-        )
+    with Progress(sum(rows_of)) as progress:
+        for block, before in zip(todo, np.cumsum([0] + rows_of[:-1])):
+            results.append(
+                run_block(job, block, lambda done, _n, b=before: progress(b + done))
+            )
     return results
 
 
@@ -103,7 +123,7 @@ def run_on_dask(plan, todo, request):
         )
         gs.message(_("Classifying {} blocks {}").format(len(todo), where))
         gs.message(_("Engine: {}").format(plan.engine.describe(job.threads)))
-        progress = Progress(len(todo))
+        progress = stack.enter_context(Progress(len(todo)))
 
         def on_done(result):
             results.append(result)

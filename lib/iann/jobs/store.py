@@ -27,8 +27,9 @@ import socket
 
 import grass.script as gs
 
-from iann.errors import IannError
+from iann.errors import DiskFull, IannError
 from iann.formats.bundle import METADATA_FILE, MODEL_FILE, ONNX_FILE, bundle_identity
+from iann.grass.disk import free_space, size_text
 from iann.grass.rasters import remove_maps
 from iann.jobs.block import MARKER_SUFFIX, read_marker
 
@@ -269,15 +270,10 @@ def check_space(job, todo, total):
     needed = sum(sum(raster.file_sizes()) for raster in job.outputs())
     needed = needed * todo // max(1, total)
     folder = os.path.join(job.gisdbase, job.location, job.mapset)
-    info = os.statvfs(folder)
-    free = info.f_bavail * info.f_frsize
+    free = free_space(folder)
     if needed > free:
-        raise IannError(
-            _(
-                "The maps of this job need {:.1f} GB more in <{}>, which has "
-                "{:.1f} GB free"
-            ).format(needed / 1e9, folder, free / 1e9)
-        )
+        # Said in full by grass.disk.disk_full, with the filesystem.
+        raise DiskFull(_("the maps of this job need {} more").format(size_text(needed)))
 
 
 def end_job(job, lock):
@@ -289,7 +285,14 @@ def end_job(job, lock):
 def keep_for_resume(job, lock, n_blocks):
     """After an interruption: keep the blocks done for a rerun, and say so."""
     done = finished_blocks(job)
-    if done:
+    if len(done) == n_blocks:
+        gs.warning(
+            _(
+                "All {} blocks are kept in the maps {}* of this mapset; run the "
+                "same command again to finish the maps"
+            ).format(n_blocks, temporary_name(job.id))
+        )
+    elif done:
         gs.warning(
             _(
                 "{} of {} blocks are kept in the maps {}* of this mapset; run "
