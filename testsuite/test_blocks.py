@@ -1,10 +1,11 @@
 """i.ann.classify in blocks: local processes, a real Dask cluster, resume, faults.
 
-The Dask cluster is real: a `dask scheduler` and two `dask worker`
-processes bound to 127.0.0.1 on free ports, started and stopped by the
-fixture. The workers get no GRASS session (no GISRC): they set one up
-themselves, as workers on other machines do, and write their blocks into
-the job's maps in the session's mapset.
+The Dask cluster is real: the manual's `dask scheduler` and `dask worker`
+commands, run as printed on this machine, started and stopped by the
+fixture. The workers get no GRASS session (no GISRC) and no PYTHONPATH:
+the module sends them the library, they set a session up themselves, as
+workers on other machines do, and write their blocks into the job's maps
+in the session's mapset.
 """
 
 import os
@@ -122,57 +123,59 @@ def start(module, *flags, **options):
     )
 
 
+MANUAL = Path(__file__).parents[1] / "i.ann.classify" / "i.ann.classify.html"
+
+
+def manual_cluster_commands():
+    """The manual's `dask scheduler` and `dask worker` lines, as printed,
+    for a cluster whose scheduler host is this machine (host1: 127.0.0.1)."""
+    text = MANUAL.read_text()
+    block = next(
+        pre
+        for pre in re.findall(r"<pre>(.*?)</pre>", text, re.S)
+        if "dask scheduler" in pre
+    )
+    lines = [line for line in block.splitlines() if line.startswith("dask ")]
+    assert [line.split()[:2] for line in lines] == [
+        ["dask", "scheduler"],
+        ["dask", "worker"],
+    ], lines
+    return [line.replace("host1", "127.0.0.1") for line in lines]
+
+
 @pytest.fixture
 def dask_cluster(grass_session, tmp_path):
-    """A Dask scheduler and two workers on 127.0.0.1, stopped at the end."""
+    """The manual's Dask cluster on this machine: its scheduler and worker
+    commands run as printed, in a shell of their own without GRASS (no
+    GISBASE, GISRC or PYTHONPATH), stopped at the end."""
     from distributed import Client
 
-    address = "tcp://127.0.0.1:{}".format(free_port())
-    env = {k: v for k, v in os.environ.items() if k not in ("GISRC", "GISBASE")}
-    python_path = subprocess.check_output(
-        ["grass", "--config", "python_path"], text=True
-    ).strip()
-    env["PYTHONPATH"] = os.pathsep.join(
-        [python_path, str(grass_session["addons"] / "etc" / "i.ann")]
-    )
+    scheduler, workers = manual_cluster_commands()
+    address = "tcp://127.0.0.1:8786"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GISRC", "GISBASE", "PYTHONPATH", "LD_LIBRARY_PATH")
+    }
     logs = tmp_path / "dask"
     logs.mkdir()
     processes = []
 
-    def launch(name, *args):
+    def launch(name, command):
         log = open(logs / (name + ".log"), "w")
         processes.append(
             subprocess.Popen(
-                args, env=env, stdout=log, stderr=log, start_new_session=True
+                ["bash", "-c", command],
+                env=env,
+                cwd=tmp_path,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         )
 
-    launch(
-        "scheduler",
-        "dask",
-        "scheduler",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        address.rsplit(":", 1)[1],
-        "--no-dashboard",
-    )
-    for i in range(2):
-        launch(
-            "worker{}".format(i),
-            "dask",
-            "worker",
-            address,
-            "--host",
-            "127.0.0.1",
-            "--nworkers",
-            "1",
-            "--nthreads",
-            "1",
-            "--no-dashboard",
-            "--name",
-            "w{}".format(i),
-        )
+    launch("scheduler", scheduler)
+    launch("workers", workers)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -184,7 +187,7 @@ def dask_cluster(grass_session, tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        yield {"address": address, "workers": processes[1:], "logs": logs}
+        yield {"address": address, "processes": processes, "logs": logs}
     finally:
         for process in processes:
             stop_group(process)
@@ -347,9 +350,14 @@ def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
         scheduler=dask_cluster["address"],
         block_size="16,16",
     )
+    from distributed import Client
+
+    with Client(dask_cluster["address"], timeout=10) as client:
+        worker_pids = list(client.run(os.getpid).values())
     try:
         wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
-        stop_group(dask_cluster["workers"][0])
+        # One worker process dies (its nanny starts another).
+        os.kill(worker_pids[0], signal.SIGKILL)
         killed_at = done_blocks()
         stdout, stderr = process.communicate(timeout=300)
     finally:

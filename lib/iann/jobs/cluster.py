@@ -5,11 +5,21 @@ this machine (nothing to set up); `scheduler=ADDRESS` sends the blocks to
 an existing Dask cluster (`dask scheduler` and `dask worker`, dask-jobqueue
 on SLURM or PBS, Kubernetes). Dask schedules, balances and reschedules the
 blocks of a lost worker; i.ann only says what a block is (jobs/block.py).
+
+An existing cluster is sent the library itself (Dask's upload_file, to
+the scheduler, which unpickles the blocks' tasks, and to every worker,
+also those that join later), so that plain `dask scheduler` and `dask
+worker` commands serve; GRASS's own Python is found from the job's GISBASE
+(block.prepare_grass).
 """
 
 import importlib.util
+import io
 import logging
 import os
+import shutil
+import tempfile
+import zipfile
 from collections import Counter
 
 from iann.errors import IannError
@@ -18,6 +28,29 @@ from iann.jobs.block import run_block, visibility_problem
 # Seconds to reach a scheduler, and to wait for its first worker.
 CONNECT_TIMEOUT = 10
 WORKER_TIMEOUT = 60
+
+
+def library_zip():
+    """The library's Python files as a zip archive, the same bytes for the
+    same files (upload_file puts it on the workers' sys.path)."""
+    import iann
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(iann.__file__)))
+    package = os.path.join(root, "iann")
+    paths = sorted(
+        os.path.join(folder, name)
+        for folder, _folders, names in os.walk(package)
+        for name in names
+        if name.endswith(".py")
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in paths:
+            info = zipfile.ZipInfo(os.path.relpath(path, root), (1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as f:
+                archive.writestr(info, f.read())
+    return buffer.getvalue()
 
 
 def cores_available():
@@ -54,6 +87,7 @@ class DaskCluster:
         self.threads = threads
         self.cluster = None
         self.client = None
+        self.upload_folder = None
 
     def __enter__(self):
         # When the module is interrupted (Ctrl-C, SIGTERM) while it waits on
@@ -94,6 +128,7 @@ class DaskCluster:
                         self.scheduler, WORKER_TIMEOUT
                     )
                 ) from None
+            self.send_library()
             return
         self.cluster = LocalCluster(
             n_workers=self.nprocs,
@@ -115,6 +150,23 @@ class DaskCluster:
                 self.cluster.close()
         finally:
             self.tornado_log.setLevel(self.tornado_level)
+            if self.upload_folder:
+                shutil.rmtree(self.upload_folder, ignore_errors=True)
+
+    def send_library(self):
+        """The library to the scheduler and the workers, as a zip file."""
+        self.upload_folder = tempfile.mkdtemp(prefix="i.ann-upload-")
+        path = os.path.join(self.upload_folder, "iann.zip")
+        with open(path, "wb") as f:
+            f.write(library_zip())
+        try:
+            self.client.upload_file(path)
+        except Exception as error:  # noqa: BLE001 - any failure of the cluster
+            raise IannError(
+                _("Cannot send the i.ann library to the Dask cluster <{}>: {}").format(
+                    self.scheduler, error
+                )
+            ) from None
 
     def workers(self):
         return self.client.scheduler_info()["workers"]
@@ -126,6 +178,14 @@ class DaskCluster:
         they can import it at all (with a function of the standard
         library), then what they see of the job.
         """
+        if self.scheduler and not self.client.run_on_scheduler(
+            importlib.util.find_spec, "iann"
+        ):
+            raise IannError(
+                _("The Dask scheduler <{}> cannot import the i.ann library").format(
+                    self.scheduler
+                )
+            )
         answers = self.client.run(importlib.util.find_spec, "iann", on_error="return")
         blind = sorted(
             worker
@@ -135,8 +195,8 @@ class DaskCluster:
         if blind:
             raise IannError(
                 _(
-                    "Dask worker <{}> cannot import the i.ann library (add its "
-                    "folder to PYTHONPATH)"
+                    "Dask worker <{}> cannot import the i.ann library sent to "
+                    "the cluster"
                 ).format(", ".join(blind))
             )
         answers = self.client.run(visibility_problem, job, on_error="return")
