@@ -511,7 +511,7 @@ def test_mask_makes_null_cells_and_is_kept(mapset, trained_bundle):
     )
     for band in bands:
         gs.mapcalc("{0}_m = if(isnull(inside), null(), {0})".format(band), quiet=True)
-    run_ok(
+    unmasked = run_ok(
         "i.ann.classify",
         input=",".join(b + "_m" for b in bands),
         model=trained_bundle,
@@ -520,13 +520,16 @@ def test_mask_makes_null_cells_and_is_kept(mapset, trained_bundle):
     )
     gs.run_command("r.mask", raster="inside", quiet=True)
     mask_before = read_map("MASK", null=-1, dtype=np.int32)
-    run_ok(
+    result = run_ok(
         "i.ann.classify",
         input=",".join(bands),
         model=trained_bundle,
         output="masked",
         probabilities="masked_p",
     )
+    note = "A MASK is active: the cells it masks are NULL in all outputs"
+    assert note in " ".join(result.stderr.split())
+    assert "MASK" not in unmasked.stderr
     assert raster_exists("MASK")
     np.testing.assert_array_equal(
         read_map("MASK", null=-1, dtype=np.int32), mask_before

@@ -7,6 +7,7 @@ truncated or stale must never give a wrong map.
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -237,6 +238,14 @@ def test_auto_engine_and_broken_onnx_fall_back_to_keras(
             message = " ".join(result.stderr.split())
             assert "WARNING" in message and why in message, result.stderr
             assert "classifying with Keras" in message and "Engine: Keras" in message
+            if bundle == truncated:
+                # What the engine found, not where in its C++ sources.
+                reason = re.search(
+                    r"model\.onnx cannot be run: (.+?); classifying with Keras",
+                    message,
+                )
+                assert reason and "src/" not in reason.group(1), message
+                assert re.search(r"pars", reason.group(1), re.I), message
             np.testing.assert_array_equal(
                 reference, read_map("fallback", null=-1, dtype=np.int32)
             )

@@ -116,3 +116,28 @@ def test_settings_survive_a_checkpoint():
     assert json.loads(json.dumps(saved)) == saved
     assert settings.changed() == {"bands": ["s_b1"], "params": {"width": 6}}
     assert TrainingSettings.of(settings) is settings
+
+
+# OpenVINO 2025's error for a model.onnx cut in half, as it raised it.
+OPENVINO_TRUNCATED = (
+    "Exception from src/inference/src/cpp/core.cpp:132:\n"
+    "Exception from src/inference/src/dev/plugin.cpp:59:\n"
+    "Check 'm_model->ParseFromIstream(&model_file)' failed at "
+    "src/frontends/onnx/frontend/src/core/graph_iterator_proto.cpp:563:\n"
+    "FrontEnd API failed with GeneralFailure:\n"
+    "Model can't be parsed\n\n\n"
+)
+
+
+def test_engine_errors_say_what_not_where():
+    from iann.predict.engines import engine_error_text
+
+    assert (
+        engine_error_text(RuntimeError(OPENVINO_TRUNCATED))
+        == "FrontEnd API failed with GeneralFailure: Model can't be parsed"
+    )
+    # Long errors are cut after a whole word.
+    words = " ".join("word{}".format(i) for i in range(200))
+    cut = engine_error_text(RuntimeError(words), limit=50)
+    assert cut == "word0 word1 word2 word3 word4 word5 word6 word7 ..."
+    assert engine_error_text(RuntimeError("\n")) == "RuntimeError"

@@ -16,6 +16,7 @@ import pytest
 import grass.script as gs
 
 from conftest import (
+    REPO,
     SYNTHETIC_CLASSES,
     assert_fails,
     make_synthetic,
@@ -245,6 +246,26 @@ def test_bad_vector_input(mapset, tmp_path):
         "<far@",
         "no features with a value in column <class>",
     )
+    # A table without any class value: refused before anything is made (a
+    # classification too, which would otherwise run before its assessment).
+    gs.run_command("v.edit", map="empty", tool="create", quiet=True)
+    gs.run_command("v.db.addtable", map="empty", columns="class integer", quiet=True)
+    assert_fails(
+        run("i.ann.patches", training="empty", column="class", **common),
+        "<empty@",
+        "no features with a value in column <class>",
+    )
+    result = run(
+        "i.ann.classify",
+        input=",".join(bands + bands[:1]),
+        model=REPO / "testsuite" / "data" / "bundle_v1",
+        output="not_made",
+        reference_vector="empty",
+        column="class",
+    )
+    assert_fails(result, "<empty@", "no features with a value in column <class>")
+    assert "Classifying" not in result.stderr
+    assert not gs.find_file("not_made", element="cell")["fullname"]
     assert_fails(
         run("i.ann.patches", training="nosuchvector", column="class", **common),
         "Vector map <nosuchvector> not found",

@@ -1,6 +1,7 @@
 """GRASS: raster rows in and out, the region and the mask, the bands on
 the region's grid, reference vectors, output maps shared by many
-processes, vectorising a class map, map units.
+processes, vectorising a class map, map units, the space left on the
+mapset's disk.
 
 The only package that talks to GRASS (its C library through ctypes, its
 modules through grass.script); the ones above it get arrays. It imports

@@ -8,6 +8,8 @@ resampling) and the MASK as every GRASS module does.
 
 import ctypes
 import functools
+import json
+import shutil
 import subprocess
 from contextlib import contextmanager
 
@@ -255,6 +257,19 @@ def input_window(region, read):
     finally:
         libraster.Rast_set_input_window(ctypes.byref(before))
         libgis.G_set_verbose(verbosity)
+
+
+def current_mask():
+    """The raster mask in effect, as a full map name, or None.
+
+    GRASS 8.5 lets the mask have another name (GRASS_MASK) and says which
+    with r.mask.status; before, it is the raster MASK of the current mapset.
+    """
+    if shutil.which("r.mask.status"):
+        status = json.loads(gs.read_command("r.mask.status", format="json"))
+        return status["name"] if status["present"] else None
+    found = gs.find_file("MASK", element="cell", mapset=gs.gisenv()["MAPSET"])
+    return found["fullname"] or None
 
 
 @contextmanager

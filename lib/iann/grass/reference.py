@@ -89,7 +89,26 @@ def check_vector_reference(name, column, label_column="", layer="1"):
                 _("Vector map <{}> has no label column <{}>").format(name, label_column)
             )
         label_column = types[label_column.lower()][0]
-    return VectorReference(name, column, label_column, str(layer))
+    reference = VectorReference(name, column, label_column, str(layer))
+    # Cheap (one COUNT in the table), so that a reference without any class
+    # value is refused before a classification, not after it.
+    connection = next(
+        c
+        for key, c in connections.items()
+        if str(key) == str(layer) or c.get("name") == layer
+    )
+    counted = gs.read_command(
+        "db.select",
+        flags="c",
+        sql="SELECT COUNT(*) FROM {} WHERE {} IS NOT NULL".format(
+            connection["table"], column
+        ),
+        database=connection["database"],
+        driver=connection["driver"],
+    ).split()
+    if counted and counted[0] == "0":
+        raise no_features(reference)
+    return reference
 
 
 def rasterise(reference, temporary_maps):

@@ -32,7 +32,7 @@ from iann.formats.bundle import (
 )
 from iann.grass.bands import resampled_bands
 from iann.grass.disk import disk_full, mapset_folder
-from iann.grass.rasters import remove_maps
+from iann.grass.rasters import current_mask, remove_maps
 from iann.grass.shared_raster import COLUMN_ALIGNMENT, SharedRaster, cell_bytes
 from iann.grass.temporary import temporary_map_name
 from iann.jobs.block import BlockJob, forget_grass_fatal, on_grass_fatal
@@ -43,11 +43,9 @@ from iann.jobs.store import (
     OutputLock,
     block_results,
     check_space,
-    current_mask,
     end_job,
     job_identity,
     keep_for_resume,
-    mapset_path,
     markers_folder,
     start_job,
     temporary_name,
@@ -201,7 +199,7 @@ def plan(request, temporary_maps):
 
     def shared(name, cell_type, nbytes=4):
         return SharedRaster(
-            mapset_path(), name, cell_type, region["rows"], region["cols"], nbytes
+            mapset_folder(), name, cell_type, region["rows"], region["cols"], nbytes
         )
 
     job = BlockJob(
@@ -289,6 +287,10 @@ def classify(request, temporary_maps):
             job.settings.margin,
         )
     )
+    if job.mask:
+        # A MASK left from cutting training patches would silently blank
+        # most of the map.
+        gs.message(_("A MASK is active: the cells it masks are NULL in all outputs"))
     with OutputLock(request.output) as lock:
         result = run_job(job_plan, request, lock, temporary_maps)
     result.seconds["plan"] = planned

@@ -29,7 +29,7 @@ import grass.script as gs
 
 from iann.errors import DiskFull, IannError
 from iann.formats.bundle import METADATA_FILE, MODEL_FILE, ONNX_FILE, bundle_identity
-from iann.grass.disk import free_space, size_text
+from iann.grass.disk import free_space, mapset_folder, size_text
 from iann.grass.rasters import remove_maps
 from iann.jobs.block import MARKER_SUFFIX, read_marker
 
@@ -97,25 +97,13 @@ def job_identity(request, region, bands, mask, settings, engine, block_size):
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def current_mask():
-    """The current mapset's MASK as a full map name, or None."""
-    env = gs.gisenv()
-    found = gs.find_file("MASK", element="cell", mapset=env["MAPSET"])
-    return found["fullname"] or None
-
-
-def mapset_path():
-    env = gs.gisenv()
-    return os.path.join(env["GISDBASE"], env["LOCATION_NAME"], env["MAPSET"])
-
-
 def temporary_name(job_id):
     """The name of a job's class map until it is done (the others add _p<k>, _u)."""
     return TEMPORARY_PREFIX + job_id
 
 
 def markers_folder(job_id):
-    return os.path.join(mapset_path(), JOBS_FOLDER, "blocks_" + job_id)
+    return os.path.join(mapset_folder(), JOBS_FOLDER, "blocks_" + job_id)
 
 
 def finished_blocks(job):
@@ -140,7 +128,7 @@ def block_results(job, indices):
 
 def job_maps(job_id):
     """The maps of job `job_id` that exist in the current mapset."""
-    folder = os.path.join(mapset_path(), "cellhd")
+    folder = os.path.join(mapset_folder(), "cellhd")
     base = temporary_name(job_id)
     pattern = re.compile(re.escape(base) + r"(_p\d+|_u)?")
     try:
@@ -167,7 +155,7 @@ class OutputLock:
 
     def __init__(self, output):
         self.output = output
-        self.path = os.path.join(mapset_path(), JOBS_FOLDER, output)
+        self.path = os.path.join(mapset_folder(), JOBS_FOLDER, output)
         self.file = None
 
     def __enter__(self):

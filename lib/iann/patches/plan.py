@@ -25,7 +25,7 @@ from iann.grass.bands import (
     read_bands,
     read_reference,
 )
-from iann.grass.rasters import require_rasters
+from iann.grass.rasters import current_mask, require_rasters
 from iann.patches.sampling import (
     MAX_CLASSES,
     draw_origins,
@@ -292,7 +292,7 @@ def create_patches(bands, reference, sampling, temporary_maps, vector=None):
         sampling=sampling_metadata(sampling, draw, obtained, width),
         counts=count_classes(labels, draw, sampling, len(values)),
         region={k: region[k] for k in region},
-        mask=bool(gs.find_file("MASK", element="cell", mapset=".")["fullname"]),
+        mask=bool(current_mask()),
         projection=gs.read_command("g.proj", flags="wf").strip(),
         software=software_versions(),
     )

@@ -22,6 +22,7 @@ or stale model.onnx falls back to Keras with a warning, never a wrong map.
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,23 @@ def installed(package):
     return True
 
 
+# Lines of an engine's error that say where in its C++ sources it was
+# raised, not what went wrong (OpenVINO gives several of them first).
+SOURCE_LOCATION = re.compile(
+    r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$"
+)
+
+
+def engine_error_text(error, limit=300):
+    """An engine's error for a user: what went wrong, in whole words."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    text = " ".join(line for line in lines if line and not SOURCE_LOCATION.match(line))
+    text = text or type(error).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 def onnx_problem(folder, metadata, engine_name, threads=1):
     """Why the bundle's model.onnx cannot stand in for model.keras, or None.
 
@@ -189,7 +207,7 @@ def onnx_problem(folder, metadata, engine_name, threads=1):
         # The record holds the probabilities channels last.
         got = engine.predict(probe).transpose(0, 2, 3, 1)
     except Exception as error:  # noqa: BLE001 - a broken file, in any way
-        return _("{} cannot be run: {}").format(ONNX_FILE, str(error)[:200])
+        return _("{} cannot be run: {}").format(ONNX_FILE, engine_error_text(error))
     expected = np.asarray(record["probe_output"], dtype=np.float32)
     if got.shape != expected.shape:
         return _("{} gives output of shape {}, model.keras {}").format(
