@@ -36,15 +36,18 @@ MODULES = ("i.ann.patches", "i.ann.train", "i.ann.classify")
 
 
 def install_addon(addon_base, env=None):
-    """g.extension from this checkout into addon_base (offline-safe)."""
+    """g.extension from this checkout into addon_base, offline as the README
+    says (demo/grass-offline: GitHub is never needed)."""
     addon_base = Path(addon_base)
     addon_base.mkdir(parents=True, exist_ok=True)
-    index = addon_base / "addons_paths.json"
-    if not index.exists():
-        index.write_text('{"tree": []}')
     env = dict(env or os.environ, GRASS_ADDON_BASE=str(addon_base))
     return subprocess.run(
-        ["g.extension", "extension=i.ann", "url={}".format(REPO)],
+        [
+            str(REPO / "demo" / "grass-offline"),
+            "g.extension",
+            "extension=i.ann",
+            "url={}".format(REPO),
+        ],
         capture_output=True,
         text=True,
         env=env,

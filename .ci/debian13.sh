@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# i.ann on GRASS 8.4: a Debian 13 (trixie) system in a chroot, made once
+# with debootstrap from the Debian archive and kept under ~/.cache between
+# runs on the same machine, in which a clean copy of this checkout runs its
+# own set-up (.ci/setup --dev: GRASS 8.4 from Debian 13, the Python
+# packages for Debian 13's Python 3.13) and then the given tests, with
+# GitHub unreachable (github.com resolves to nowhere inside).
+#
+# Usage (as root): bash .ci/debian13.sh [pytest arguments]
+#   e.g. bash .ci/debian13.sh testsuite/test_install.py
+# The chroot gets the host's package sources for pip (its pip
+# configuration and the local folders it names, read-only) and CA
+# certificates, so that pip works inside as outside.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+root=${IANN_DEBIAN13:-${XDG_CACHE_HOME:-$HOME/.cache}/i.ann/debian13}
+started=$SECONDS
+
+mounted=()
+cleanup() {
+    local i
+    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
+        umount -l "${mounted[i]}" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+bind() {  # bind SOURCE [ro]: SOURCE at the same path inside the chroot
+    mkdir -p "$root$1"
+    mount --bind "$1" "$root$1"
+    mounted+=("$root$1")
+    if [ "${2:-}" = ro ]; then
+        mount -o remount,bind,ro "$root$1"
+    fi
+}
+
+if [ ! -f "$root/.debootstrap-done" ]; then
+    command -v debootstrap >/dev/null || {
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    }
+    echo "== Making a Debian 13 system in $root (once)"
+    rm -rf "$root"
+    mkdir -p "$root"
+    debootstrap --variant=minbase --include=ca-certificates,git,make trixie \
+        "$root" http://deb.debian.org/debian >"$root.log" 2>&1 ||
+        { tail -20 "$root.log"; exit 1; }
+    touch "$root/.debootstrap-done"
+fi
+
+for path in /proc /sys /dev /dev/pts; do
+    bind "$path"
+done
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+# pip as on the host: its configuration files, and the local folders
+# and indexes they name.
+for file in /etc/pip.conf /etc/xdg/pip/pip.conf "$HOME/.config/pip/pip.conf" \
+    "$HOME/.pip/pip.conf"; do
+    if [ -f "$file" ]; then
+        mkdir -p "$root$(dirname "$file")"
+        cp "$file" "$root$file"
+    fi
+done
+# (a local index .../simple links to files beside it: its parent is taken)
+for path in $(pip config list 2>/dev/null | grep -oE "(file://)?/[^' ]+" |
+    sed -e 's|^file://||' -e 's|/simple/*$||' | sort -u); do
+    if [ -d "$path" ] && ! mountpoint -q "$root$path"; then
+        bind "$path" ro
+    elif [ -f "$path" ] && [ ! -e "$root$path" ]; then
+        mkdir -p "$root$(dirname "$path")"
+        cp "$path" "$root$path"
+    fi
+done
+if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/* "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >/dev/null 2>&1
+fi
+# No GitHub inside: the install must not need it.
+grep -q "github.com" "$root/etc/hosts" 2>/dev/null ||
+    printf '0.0.0.0 github.com api.github.com codeload.github.com\n' >>"$root/etc/hosts"
+
+# A clean copy of the checkout: what git tracks, and new files it does
+# not ignore, as they are in the working tree.
+rm -rf "$root/root/i.ann"
+mkdir -p "$root/root/i.ann"
+(cd "$repo" && git ls-files -co --exclude-standard -z |
+    xargs -0 cp --parents -t "$root/root/i.ann")
+if [ -d "$repo/../shared" ]; then
+    rm -rf "$root/root/shared"
+    cp -r "$repo/../shared" "$root/root/shared"
+fi
+echo "== Debian 13 ready: $((SECONDS - started)) s"
+
+chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 TERM=dumb $(env | grep -E '^PIP_' | tr '\n' ' ') \
+    bash -c 'cd /root/i.ann && bash .ci/setup --dev' |
+    sed 's/^/[debian13] /'
+echo "== Debian 13 set up (GRASS $(chroot "$root" grass --version 2>/dev/null |
+    head -1)): $((SECONDS - started)) s"
+set +e
+chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 TERM=dumb bash -c 'cd /root/i.ann && source .ci/env.sh &&
+        python3 -m pytest -p no:cacheprovider -o console_output_style=classic \
+        -rfE --timeout=900 --durations=10 -v "$@"' bash "$@" |
+    sed 's/^/[debian13] /'
+status=${PIPESTATUS[0]}
+set -e
+echo "== Debian 13 tests: $((SECONDS - started)) s"
+exit "$status"
