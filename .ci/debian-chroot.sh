@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# i.ann on GRASS 8.4: a Debian 13 (trixie) system in a chroot, made once
-# with debootstrap from the Debian archive and kept under ~/.cache between
-# runs on the same machine, in which a clean copy of this checkout runs its
-# own set-up (.ci/setup --dev: GRASS 8.4 from Debian 13, the Python
-# packages for Debian 13's Python 3.13) and then the given tests, with
-# GitHub unreachable (github.com resolves to nowhere inside).
+# i.ann on another Debian's GRASS: a Debian system (trixie: Debian 13,
+# GRASS 8.4; testing: GRASS 8.5 where it has reached testing) in a chroot,
+# made once with debootstrap from the Debian archive and kept under
+# ~/.cache between runs on the same machine, in which a clean copy of this
+# checkout runs its own set-up (.ci/setup --dev: GRASS and Python from that
+# Debian, the Python packages for its Python) and then the given tests,
+# with GitHub unreachable (github.com resolves to nowhere inside).
 #
-# Usage (as root): bash .ci/debian13.sh [pytest arguments]
-#   e.g. bash .ci/debian13.sh testsuite/test_install.py
+# Usage (as root): bash .ci/debian-chroot.sh SUITE [pytest arguments]
+#   e.g. bash .ci/debian-chroot.sh trixie testsuite/test_install.py
 # The chroot gets the host's package sources for pip (its pip
 # configuration and the local folders it names, read-only) and CA
 # certificates, so that pip works inside as outside.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-root=${IANN_DEBIAN13:-${XDG_CACHE_HOME:-$HOME/.cache}/i.ann/debian13}
+suite=${1:?"Usage: bash .ci/debian-chroot.sh SUITE [pytest arguments]"}
+shift
+root=${XDG_CACHE_HOME:-$HOME/.cache}/i.ann/debian-$suite
 started=$SECONDS
 
 mounted=()
@@ -38,10 +41,10 @@ if [ ! -f "$root/.debootstrap-done" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     }
-    echo "== Making a Debian 13 system in $root (once)"
+    echo "== Making a Debian $suite system in $root (once)"
     rm -rf "$root"
     mkdir -p "$root"
-    debootstrap --variant=minbase --include=ca-certificates,git,make trixie \
+    debootstrap --variant=minbase --include=ca-certificates,git,make "$suite" \
         "$root" http://deb.debian.org/debian >"$root.log" 2>&1 ||
         { tail -20 "$root.log"; exit 1; }
     touch "$root/.debootstrap-done"
@@ -75,6 +78,9 @@ if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
     cp /usr/local/share/ca-certificates/* "$root/usr/local/share/ca-certificates/"
     chroot "$root" update-ca-certificates >/dev/null 2>&1
 fi
+# The archive reached here may be a dated copy: testing's Release file
+# then has expired, which apt would refuse.
+echo 'Acquire::Check-Valid-Until "false";' >"$root/etc/apt/apt.conf.d/99i-ann"
 # No GitHub inside: the install must not need it.
 grep -q "github.com" "$root/etc/hosts" 2>/dev/null ||
     printf '0.0.0.0 github.com api.github.com codeload.github.com\n' >>"$root/etc/hosts"
@@ -89,21 +95,21 @@ if [ -d "$repo/../shared" ]; then
     rm -rf "$root/root/shared"
     cp -r "$repo/../shared" "$root/root/shared"
 fi
-echo "== Debian 13 ready: $((SECONDS - started)) s"
+echo "== Debian $suite ready: $((SECONDS - started)) s"
 
 chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 TERM=dumb $(env | grep -E '^PIP_' | tr '\n' ' ') \
     bash -c 'cd /root/i.ann && bash .ci/setup --dev' |
-    sed 's/^/[debian13] /'
-echo "== Debian 13 set up (GRASS $(chroot "$root" grass --version 2>/dev/null |
+    sed -u "s/^/[$suite] /"
+echo "== Debian $suite set up (GRASS $(chroot "$root" grass --version 2>/dev/null |
     head -1)): $((SECONDS - started)) s"
 set +e
 chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 TERM=dumb bash -c 'cd /root/i.ann && source .ci/env.sh &&
         python3 -m pytest -p no:cacheprovider -o console_output_style=classic \
         -rfE --timeout=900 --durations=10 -v "$@"' bash "$@" |
-    sed 's/^/[debian13] /'
+    sed -u "s/^/[$suite] /"
 status=${PIPESTATUS[0]}
 set -e
-echo "== Debian 13 tests: $((SECONDS - started)) s"
+echo "== Debian $suite tests: $((SECONDS - started)) s"
 exit "$status"
