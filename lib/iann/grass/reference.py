@@ -57,10 +57,12 @@ def check_vector_reference(name, column, label_column="", layer="1"):
     name = find_vector(name)
     connections = gs.vector_db(name)
     try:
-        connected = int(layer) in connections
+        connection = connections.get(int(layer))
     except ValueError:
-        connected = any(c.get("name") == layer for c in connections.values())
-    if not connected:
+        connection = next(
+            (c for c in connections.values() if c.get("name") == layer), None
+        )
+    if connection is None:
         raise IannError(
             _(
                 "Vector map <{}> has no attribute table in layer {}; class "
@@ -92,11 +94,6 @@ def check_vector_reference(name, column, label_column="", layer="1"):
     reference = VectorReference(name, column, label_column, str(layer))
     # Cheap (one COUNT in the table), so that a reference without any class
     # value is refused before a classification, not after it.
-    connection = next(
-        c
-        for key, c in connections.items()
-        if str(key) == str(layer) or c.get("name") == layer
-    )
     counted = gs.read_command(
         "db.select",
         flags="c",

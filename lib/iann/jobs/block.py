@@ -57,6 +57,10 @@ class BlockJob:
     uncertainty: object
     markers: str
 
+    @property
+    def mapset_folder(self):
+        return os.path.join(self.gisdbase, self.location, self.mapset)
+
     def outputs(self):
         """The maps of the job, in the order of BlockResult.ranges."""
         return [self.classes, *self.probabilities] + (

@@ -346,7 +346,7 @@ def run_job(job_plan, request, lock, temporary_maps):
         keep_for_resume(job, lock, n_blocks)
         raise
     except BaseException as error:
-        full = disk_full(error, os.path.join(job.gisdbase, job.location, job.mapset))
+        full = disk_full(error, job.mapset_folder)
         if full is None:
             # A failure: nothing of the job is left behind.
             end_job(job, lock)

@@ -47,15 +47,12 @@ class Progress:
     def __exit__(self, *exc):
         # G_percent ends its line at 100% only: a message after a run cut
         # short (an error, Ctrl-C) starts on a line of its own.
-        shown = (
-            os.environ.get("GRASS_MESSAGE_FORMAT", "standard")
-            in (
-                "standard",
-                "plain",
-            )
-            and int(os.environ.get("GRASS_VERBOSE", "2")) >= 1
+        printed = os.environ.get("GRASS_MESSAGE_FORMAT", "standard") in (
+            "standard",
+            "plain",
         )
-        if shown and 0 <= self.shown < 100:
+        quiet = int(os.environ.get("GRASS_VERBOSE", "2")) < 1
+        if printed and not quiet and 0 <= self.shown < 100:
             sys.stderr.write("\n")
             sys.stderr.flush()
 

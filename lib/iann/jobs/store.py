@@ -257,8 +257,7 @@ def check_space(job, todo, total):
     """Clear error when the disk cannot hold the cells still to be written."""
     needed = sum(sum(raster.file_sizes()) for raster in job.outputs())
     needed = needed * todo // max(1, total)
-    folder = os.path.join(job.gisdbase, job.location, job.mapset)
-    free = free_space(folder)
+    free = free_space(job.mapset_folder)
     if needed > free:
         # Said in full by grass.disk.disk_full, with the filesystem.
         raise DiskFull(_("the maps of this job need {} more").format(size_text(needed)))
