@@ -466,7 +466,6 @@ def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
     fcell.write_bytes(data[: len(data) * 3 // 4])  # the southern rows are lost
     gs.mapcalc("kept = 7", quiet=True)
     for options in ({}, {"nprocs": 2}):
-        started = time.monotonic()
         result = run(
             "i.ann.classify",
             "overwrite",
@@ -488,7 +487,6 @@ def test_block_with_unreadable_data_is_named(mapset, trained_bundle):
         if not options:
             # Half of the tile rows were done, and written, before it failed.
             assert 0 <= result.stderr.find("50%") < result.stderr.find("ERROR")
-        assert time.monotonic() - started < 120
         assert (read_map("kept") == 7).all()  # the existing map is untouched
         assert gs.list_strings("raster", pattern="keptp*", mapset=".") == []
         assert_no_job_left()  # the written blocks went with the failure

@@ -466,6 +466,40 @@ def test_group_input_equals_map_list(mapset, trained_bundle):
     )
 
 
+def test_module_output_read_on_this_grass(mapset):
+    """Statistics, map info, group members and units are read right, in the
+    form this GRASS has: JSON on 8.5 and later (their -g flags deprecated),
+    shell style before."""
+    from iann.grass import module_output
+    from iann.grass.rasters import group_members, raster_info
+    from iann.jobs.checks import image_statistics
+
+    gs.run_command("g.region", rows=30, cols=20)
+    gs.mapcalc("ints = if(row() == 3, null(), row() * 10 + col())", quiet=True)
+    gs.mapcalc("reals = float(row()) / 7", quiet=True)
+    gs.run_command("i.group", group="two", input="reals,ints", quiet=True)
+    ints = read_map("ints", null=np.nan)
+    reals = read_map("reals")
+
+    version = tuple(int(part) for part in gs.version()["version"].split(".")[:2])
+    formats = module_output.output_formats("r.univar")
+    assert ("json" in formats) == (version >= (8, 5)), formats
+    means, stds = image_statistics(["ints", "reals"])
+    np.testing.assert_allclose(means, [np.nanmean(ints), reals.mean()], rtol=1e-6)
+    np.testing.assert_allclose(stds, [np.nanstd(ints), reals.std()], rtol=1e-5)
+    info = raster_info("ints")
+    assert info["datatype"] == "CELL"
+    assert (float(info["min"]), float(info["max"])) == (11, 320)
+    assert float(info["nsres"]) == gs.region()["nsres"]
+    assert group_members("two") == [
+        "reals@" + gs.gisenv()["MAPSET"],
+        "ints@" + gs.gisenv()["MAPSET"],
+    ]
+    assert module_output.metres_per_unit() == 1.0  # EPSG:3358, in metres
+    wkt = module_output.projection_wkt()
+    assert "\n" not in wkt and wkt.startswith(("PROJCRS[", "PROJCS["))
+
+
 def test_fcn_prediction_form_gives_the_same_probabilities(trained_bundle, unet_bundle):
     import keras
 

@@ -18,6 +18,7 @@ import numpy as np
 import grass.script as gs
 
 from iann.errors import IannError
+from iann.grass import module_output
 
 _initialised = False
 
@@ -104,7 +105,7 @@ def group_members(group):
     """Raster maps of an imagery group, in the group's order (i.group -g)."""
     if not gs.find_file(group, element="group")["fullname"]:
         raise IannError(_("Imagery group <{}> not found").format(group))
-    members = gs.read_command("i.group", group=group, flags="g").split()
+    members = module_output.group_members(group)
     if not members:
         raise IannError(_("Imagery group <{}> has no raster maps").format(group))
     return members
@@ -319,8 +320,8 @@ def read_int_rows(reader, row_start, row_stop):
 
 
 def raster_info(name):
-    """r.info -gr as a dict (datatype, resolution, range...)."""
-    return gs.parse_command("r.info", map=name, flags="gr")
+    """r.info's extent, resolution, data type and range as a dict."""
+    return module_output.key_values("r.info", flags="gr", map=name)
 
 
 def read_categories(name):

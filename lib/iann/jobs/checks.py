@@ -12,6 +12,7 @@ import grass.script as gs
 
 from iann.errors import IannError
 from iann.grass.rasters import check_new_raster, require_rasters
+from iann.grass.module_output import key_values, metres_per_unit
 from iann.grass.units import cell_size_metres, training_cell_size
 from iann.jobs.outputs import OutputMaps
 
@@ -24,7 +25,7 @@ def image_statistics(bands):
     """Mean and standard deviation of each band over the region (r.univar)."""
     means, stds = [], []
     for name in bands:
-        stats = gs.parse_command("r.univar", map=name, flags="g")
+        stats = key_values("r.univar", shell_flag="g", map=name)
         if int(stats.get("n", 0)) == 0:
             raise IannError(_("Raster map <{}> has no data in the region").format(name))
         means.append(float(stats["mean"]))
@@ -79,7 +80,7 @@ def region_cell_size(region):
     if gs.locn_is_latlong():
         units = "degrees"
     else:
-        units = float(gs.parse_command("g.proj", flags="g").get("meters", 1.0))
+        units = metres_per_unit()
     return cell_size_metres(
         region["nsres"], region["ewres"], units, (region["n"] + region["s"]) / 2
     )

@@ -25,6 +25,7 @@ from iann.grass.bands import (
     read_bands,
     read_reference,
 )
+from iann.grass.module_output import projection_wkt
 from iann.grass.rasters import current_mask, require_rasters
 from iann.patches.sampling import (
     MAX_CLASSES,
@@ -293,7 +294,7 @@ def create_patches(bands, reference, sampling, temporary_maps, vector=None):
         counts=count_classes(labels, draw, sampling, len(values)),
         region={k: region[k] for k in region},
         mask=bool(current_mask()),
-        projection=gs.read_command("g.proj", flags="wf").strip(),
+        projection=projection_wkt(),
         software=software_versions(),
     )
     return PatchPlan(
