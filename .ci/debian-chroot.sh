@@ -7,14 +7,19 @@
 # Debian, the Python packages for its Python) and then the given tests,
 # with GitHub unreachable (github.com resolves to nowhere inside).
 #
-# Usage (as root): bash .ci/debian-chroot.sh SUITE [pytest arguments]
+# Usage (as root):
+#   bash .ci/debian-chroot.sh SUITE --prepare
+#       makes the system and sets it up, runs no test
+#   bash .ci/debian-chroot.sh SUITE [pytest arguments] [--group pytest arguments]...
+#       runs the tests: each --group starts another pytest side by side
+#       (one a core), with a temporary folder and GRASS project of its own
 #   e.g. bash .ci/debian-chroot.sh trixie testsuite/test_install.py
 # The chroot gets the host's package sources for pip (its pip
 # configuration and the local folders it names, read-only) and CA
 # certificates, so that pip works inside as outside.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-suite=${1:?"Usage: bash .ci/debian-chroot.sh SUITE [pytest arguments]"}
+suite=${1:?"Usage: bash .ci/debian-chroot.sh SUITE --prepare | [pytest arguments]"}
 shift
 root=${XDG_CACHE_HOME:-$HOME/.cache}/i.ann/debian-$suite
 started=$SECONDS
@@ -103,13 +108,42 @@ chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     sed -u "s/^/[$suite] /"
 echo "== Debian $suite set up (GRASS $(chroot "$root" grass --version 2>/dev/null |
     head -1)): $((SECONDS - started)) s"
-set +e
-chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 TERM=dumb bash -c 'cd /root/i.ann && source .ci/env.sh &&
+[ "${1:-}" = --prepare ] && exit 0
+
+in_chroot() {  # in_chroot COMMAND [ARGS]: a bash command in the checkout inside
+    local command=$1
+    shift
+    chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        LANG=C.UTF-8 TERM=dumb bash -c "cd /root/i.ann && source .ci/env.sh && $command" \
+        bash "$@"
+}
+run_group() {  # run_group NAME [pytest arguments]
+    local name=$1
+    shift
+    in_chroot 'name=$1 && shift && rm -rf "/tmp/iann-tests-$name" &&
         python3 -m pytest -p no:cacheprovider -o console_output_style=classic \
-        -rfE --timeout=900 --durations=10 -v "$@"' bash "$@" |
-    sed -u "s/^/[$suite] /"
-status=${PIPESTATUS[0]}
-set -e
+        -rfE --timeout=900 --durations=10 -v --basetemp="/tmp/iann-tests-$name" "$@"' \
+        "$name" "$@" | sed -u "s/^/[$suite $name] /"
+    return "${PIPESTATUS[0]}"
+}
+# Keras writes ~/.keras/keras.json on its first import: once, before the
+# groups could both try.
+in_chroot 'python3 -c "import keras"' >/dev/null 2>&1
+names=(a b c d e f g h)
+group=()
+running=()
+for arg in "$@" --group; do
+    if [ "$arg" = --group ]; then
+        run_group "${names[${#running[@]}]}" "${group[@]}" &
+        running+=($!)
+        group=()
+    else
+        group+=("$arg")
+    fi
+done
+status=0
+for pid in "${running[@]}"; do
+    wait "$pid" || status=1
+done
 echo "== Debian $suite tests: $((SECONDS - started)) s"
 exit "$status"
