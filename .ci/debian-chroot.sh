@@ -78,6 +78,10 @@ for path in $(pip config list 2>/dev/null | grep -oE "(file://)?/[^' ]+" |
         cp "$path" "$root$path"
     fi
 done
+# pip's cache, shared: a wheel (ukis-csmask's 145 MB) is downloaded once
+# per machine.
+mkdir -p "$HOME/.cache/pip"
+bind "$HOME/.cache/pip"
 if compgen -G "/usr/local/share/ca-certificates/*" >/dev/null; then
     mkdir -p "$root/usr/local/share/ca-certificates"
     cp /usr/local/share/ca-certificates/* "$root/usr/local/share/ca-certificates/"

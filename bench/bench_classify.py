@@ -2,7 +2,10 @@
 """Speed and memory of i.ann.classify's engines and block path.
 
 On a region of SIZE x SIZE cells with five bands, for each network (fcn
-with 32 and 64 filters, unet with 32), in one run:
+with 32 and 64 filters, unet with 32; and `csmask`: ukis-csmask's 6-band
+EfficientNet-B4 U-Net, imported by i.ann.train import=, on a sixth band
+too, tiles of its 256 cells, ONNX Runtime in memory as the baseline), in
+one run:
 
 - the network's own speed on the cells already in memory, tiles of
   TILE cells without margins: TensorFlow's predict (the baseline, 1.00),
@@ -19,7 +22,7 @@ set of any process of the run (module, nanny or worker). Also the seconds
 model.onnx takes to export, for each network.
 
 Run: python3 bench/bench_classify.py [--size 4000] [--tile-size 1024]
-     [--networks fcn-32,fcn-64,unet-32] [--block-size 2048] [--no-blocks]
+     [--networks fcn-32,fcn-64,unet-32,csmask] [--block-size 2048] [--no-blocks]
      [--repeat 1]
 (`--networks ""` runs the block path alone; `--repeat N` runs it N times,
 its runs in turn, and prints the median and the range of each.)
@@ -44,7 +47,7 @@ def make_bands(size):
 
     gs.run_command("g.region", n=size, s=0, e=size, w=0, res=1)
     names = []
-    for band in range(5):
+    for band in range(6):
         name = "band{}".format(band)
         gs.mapcalc(
             "{} = float(100 * sin(x() / (5 + {b})) * cos(y() / 7) + {b})".format(
@@ -89,6 +92,59 @@ def make_bundle(folder, network):
     if problem:
         sys.exit("{}: {}".format(network, problem))
     return model, metadata
+
+
+def import_csmask(folder):
+    """ukis-csmask's 6-band model, imported as the manual shows."""
+    import json
+
+    import ukis_csmask
+
+    source = os.path.join(os.path.dirname(ukis_csmask.__file__), "model_6b_l1c")
+    with open(source + ".json") as f:
+        mean, std = json.load(f)["data"]["dataset_statistics"]["img"]
+    subprocess.run(
+        module("i.ann.train")
+        + [
+            "import={}.onnx".format(source),
+            "output=" + folder,
+            "classes=clear,cloud,shadow",
+            "mean=" + ",".join(map(str, mean)),
+            "std=" + ",".join(map(str, std)),
+            "margin=26",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def fixed_size_in_memory(path, stack, margin, threads):
+    """Seconds to predict the stack with model.onnx as on disk (Deepness's
+    form: tiles of its fixed size, each core that size less two margins,
+    the last ones filled with zeros), in ONNX Runtime."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(
+        path, options, providers=["CPUExecutionProvider"]
+    )
+    name = session.get_inputs()[0].name
+    size = session.get_inputs()[0].shape[-1]
+    core = size - 2 * margin
+    bands, rows, cols = stack.shape
+    tile = np.zeros((1, bands, size, size), np.float32)
+    session.run(None, {name: tile})  # warm-up
+    start = time.perf_counter()
+    for r in range(0, rows, core):
+        for c in range(0, cols, core):
+            window = stack[:, max(r - margin, 0) : r + core + margin][
+                :, :, max(c - margin, 0) : c + core + margin
+            ]
+            tile[:] = 0
+            tile[0, :, : window.shape[1], : window.shape[2]] = window
+            np.argmax(session.run(None, {name: tile})[0], 1)
+    return time.perf_counter() - start
 
 
 def in_memory(engine, stack, tile):
@@ -234,9 +290,38 @@ def main():
     with grass_session() as tmp:
         bands = make_bands(args.size)
         refresh_region()
-        stack = read_band_stack(bands) / np.float32(100.0)
+        six, six_bands = read_band_stack(bands) / np.float32(100.0), bands
+        stack, bands = six[:5], bands[:5]
         for network in [n for n in args.networks.split(",") if n]:
             bundle = os.path.join(tmp, network)
+            if network == "csmask":
+                import_csmask(bundle)
+                onnx = os.path.join(bundle, "model.onnx")
+                floor = None
+                for label, engine in (
+                    ("ONNX Runtime, in memory", OnnxRuntimeEngine(onnx, threads)),
+                    ("OpenVINO, in memory", OpenVinoEngine(onnx, threads)),
+                ):
+                    seconds = in_memory(engine, six, 256)
+                    floor = floor or seconds
+                    row = [network, label, "{:.1f}".format(seconds)]
+                    row += ["{:.0f}".format(cells / seconds)]
+                    row += ["{:.2f}".format(floor / seconds), ""]
+                    engine_rows.append(row)
+                    show(row)
+                for name in ("onnx", "openvino"):
+                    seconds, peak, _messages = run_module(
+                        bundle, six_bands, engine=name, block_size=8192
+                    )
+                    row = [network, "i.ann.classify engine=" + name]
+                    row += ["{:.1f}".format(seconds), "{:.0f}".format(cells / seconds)]
+                    row += [
+                        "{:.2f}".format(floor / seconds),
+                        "{:.0f}".format(peak / 2**20),
+                    ]
+                    engine_rows.append(row)
+                    show(row)
+                continue
             model, metadata = make_bundle(bundle, network)
             exports.append([network, "{:.1f}".format(metadata.onnx["export_seconds"])])
             onnx = os.path.join(bundle, "model.onnx")
@@ -254,6 +339,14 @@ def main():
                 engine_rows.append(row)
                 show(row)
                 del engine
+            # model.onnx as Deepness runs it: i.ann's engines make its
+            # height and width free again instead (onnx_export.engine_model).
+            seconds = fixed_size_in_memory(onnx, stack, metadata.margin, threads)
+            row = [network, "ONNX Runtime, in memory, model.onnx's fixed tiles"]
+            row += ["{:.1f}".format(seconds), "{:.0f}".format(cells / seconds)]
+            row += ["{:.2f}".format(floor / seconds), ""]
+            engine_rows.append(row)
+            show(row)
             for name in ("keras", "onnx", "openvino"):
                 seconds, peak, _messages = run_module(
                     bundle,
@@ -315,7 +408,7 @@ def main():
     title = "\nEngines, {} region, 5 bands, 7 classes, tiles of {} cells, {} cores\n"
     print(title.format(shape, args.tile_size, threads))
     print_table(
-        ["network", "run", "seconds", "cells/s", "x TF predict", "peak RSS (MB)"],
+        ["network", "run", "seconds", "cells/s", "x first run", "peak RSS (MB)"],
         engine_rows,
     )
     print("\nSeconds to export model.onnx (at the end of training)\n")

@@ -33,7 +33,7 @@
 # % required: no
 # % multiple: yes
 # % label: Bands of the dataset to train on (default: all)
-# % description: Band map names as given to i.ann.patches, or their numbers (1 = first)
+# % description: Band map names as given to i.ann.patches, or their numbers (1 = first); with import, the names of the model's input bands, in order
 # % guisection: Input
 # %end
 # %option
@@ -256,12 +256,61 @@
 # % description: For bundles written without one; replaces an existing model.onnx only with --overwrite
 # % guisection: Output
 # %end
+# %option G_OPT_F_INPUT
+# % key: import
+# % required: no
+# % label: Only make a bundle of this ONNX segmentation model trained elsewhere (no training)
+# % description: Channels first: (batch, bands, rows, cols) in, (batch, classes, rows, cols) scores or probabilities out
+# % guisection: Import
+# %end
+# %option
+# % key: classes
+# % type: string
+# % required: no
+# % multiple: yes
+# % key_desc: value:label
+# % label: With import: the model's classes, in the order of its outputs
+# % description: value:label, or a label alone (its value: its position, from 0); default: the file's Deepness class_names
+# % guisection: Import
+# %end
+# %option
+# % key: mean
+# % type: double
+# % required: no
+# % multiple: yes
+# % label: With import: each band's mean, in the units of the maps (x - mean) / std
+# % description: Default: the file's Deepness standardization_mean, times 255
+# % guisection: Import
+# %end
+# %option
+# % key: std
+# % type: double
+# % required: no
+# % multiple: yes
+# % label: With import: each band's standard deviation, in the units of the maps
+# % description: Default: the file's Deepness standardization_std, times 255
+# % guisection: Import
+# %end
+# %option
+# % key: margin
+# % type: integer
+# % required: no
+# % label: With import: cells read around each tile, for tiles without seams
+# % description: Default: half the overlap the file's Deepness metadata states, else measured on the model
+# % guisection: Import
+# %end
 # %rules
-# % required: input, export
-# % exclusive: input, export
+# % required: input, export, import
+# % exclusive: input, export, import
 # % requires: input, output
+# % requires: import, output
 # % exclusive: export, output
 # % requires: freeze, pretrained
+# % requires: classes, import
+# % requires: mean, import
+# % requires: std, import
+# % requires: margin, import
+# % collective: mean, std
 # %end
 
 import os
@@ -312,6 +361,48 @@ def training_settings(options, flags):
     )
 
 
+def import_model(options):
+    """A bundle of an ONNX model trained elsewhere (import=)."""
+    from iann.formats.bundle import write_metadata
+    from iann.formats.folders import atomic_folder, check_new_folder
+    from iann.predict.onnx_import import import_onnx
+
+    def listed(key):
+        return [item for item in options[key].split(",") if item] or None
+
+    def numbers(key):
+        return [float(item) for item in listed(key)] if options[key] else None
+
+    output = check_new_folder(options["output"], gs.overwrite(), _("Model bundle"))
+    with atomic_folder(output, gs.overwrite()) as folder:
+        metadata = import_onnx(
+            options["import"],
+            folder,
+            classes=listed("classes"),
+            bands=listed("bands"),
+            mean=numbers("mean"),
+            std=numbers("std"),
+            margin=int(options["margin"]) if options["margin"] else None,
+        )
+        write_metadata(folder, metadata)
+    imported = metadata.imported
+    gs.message(
+        _(
+            "Imported <{}> into <{}>: {} bands, {} classes, {}, tiles of {}, "
+            "margin {} cells ({})"
+        ).format(
+            options["import"],
+            output,
+            len(metadata.bands),
+            len(metadata.classes),
+            imported["output"],
+            imported["input_size"] or _("any size"),
+            metadata.margin,
+            metadata.receptive_field_method,
+        )
+    )
+
+
 def main(options, flags):
     from iann.errors import IannError
     from iann.formats.folders import atomic_folder, check_new_file, check_new_folder
@@ -327,6 +418,9 @@ def main(options, flags):
                     ONNX_FILE, options["export"], seconds
                 )
             )
+            return
+        if options["import"]:
+            import_model(options)
             return
         output = check_new_folder(options["output"], gs.overwrite(), _("Model bundle"))
         plot = options["plot"]

@@ -95,21 +95,67 @@ def test_bundle_carries_onnx_with_deepness_metadata(trained_bundle):
         np.array(properties["standardization_std"]) * 255, meta["normalisation"]["std"]
     )
     assert properties["resolution"] == pytest.approx(3000.0)  # 30 m in cm
+    assert properties["i.ann"]["classes"] == meta["classes"]
+    # Each key Deepness reads, in the JSON type its getters take.
+    types = {
+        "model_type": str,
+        "class_names": dict,
+        "resolution": float,
+        "tile_size": int,
+        "tiles_size": int,
+        "tiles_overlap": int,
+        "seg_thresh": float,
+        "seg_small_segment": int,
+        "standardization_mean": list,
+        "standardization_std": list,
+    }
+    for key, kind in types.items():
+        assert type(properties[key]) is kind, (key, properties[key])
+    assert all(type(v) is float for v in properties["standardization_mean"])
+    assert all(type(v) is float for v in properties["standardization_std"])
+    # Deepness takes its tile from the input, whose height and width must
+    # be numbers; it keeps each tile but half its overlap on each side.
     margin = meta["margin"]
     tile = properties["tile_size"]
-    assert properties["tiles_overlap"] / 100 * tile >= 2 * margin
-    assert properties["i.ann"]["classes"] == meta["classes"]
+    assert tile == properties["tiles_size"] and tile % meta["size_multiple"] == 0
+    assert int(tile * properties["tiles_overlap"] / 100) // 2 >= margin
     (inputs,) = session.get_inputs()
-    assert inputs.shape == ["batch", 2, "size", "size"]
-    assert session.get_outputs()[0].shape == ["batch", 3, "size", "size"]
-    # Channels first, as Deepness feeds it: probabilities of model.keras.
+    assert inputs.shape == ["batch", 2, tile, tile]
+    assert session.get_outputs()[0].shape == ["batch", 3, tile, tile]
+
+    # Deepness's documented preprocessing of a uint8 tile: / 255, then
+    # standardised, channels first; cells without data come as raw 0.
     import keras
 
     model = keras.saving.load_model(trained_bundle / "model.keras")
-    x = np.random.default_rng(3).normal(size=(2, 30, 41, 2)).astype("f4")
+    rng = np.random.default_rng(3)
+    raw = rng.integers(1, 256, size=(2, tile, tile, 2)).astype(np.uint8)
+    raw[0, 100:140, 200:260, :] = 0  # no data, in every band
+    raw[1, 10:20, 10:20, 0] = 0  # one band 0 only: data
+    scaled = raw.astype(np.float32) / 255.0
+    x = (scaled - np.float32(properties["standardization_mean"])) / np.float32(
+        properties["standardization_std"]
+    )
     (got,) = session.run(None, {inputs.name: x.transpose(0, 3, 1, 2)})
+    # i.ann's way: (x - mean) / std, no data as the band mean (0).
+    mean = np.float32(meta["normalisation"]["mean"])
+    std = np.float32(meta["normalisation"]["std"])
+    standardised = (raw.astype(np.float32) - mean) / std
+    standardised[0, 100:140, 200:260, :] = 0
+    expected = np.asarray(model.predict_on_batch(standardised))
+    np.testing.assert_allclose(got.transpose(0, 2, 3, 1), expected, atol=1e-4)
+
+    # i.ann's own engines run the same file with free height and width and
+    # without the no-data step: a cell whose bands are all 0 is data there.
+    from iann.predict.engines import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(str(trained_bundle / "model.onnx"), 1)
+    zeros = np.zeros((1, 30, 41, 2), np.float32)
+    zeros[0, :, :20] = -mean / std  # raw 0
     np.testing.assert_allclose(
-        got.transpose(0, 2, 3, 1), np.asarray(model.predict_on_batch(x)), atol=1e-5
+        engine.predict(zeros.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1),
+        np.asarray(model.predict_on_batch(zeros)),
+        atol=1e-5,
     )
 
 

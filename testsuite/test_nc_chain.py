@@ -11,7 +11,9 @@ before this test asserted macro F1); the budget, 18,000 patch-epochs, is
 about that of the defaults with 8 epochs (16,000).
 """
 
+import html
 import json
+import os
 import subprocess
 import sys
 
@@ -138,3 +140,98 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
     assert macro["landcover"] > macro["landcover_rf"]
     labels = gs.read_command("r.category", map="landcover", separator="pipe")
     assert "5|forest" in labels
+    deepness_gives_the_same_classes(tmp_path / "model", "landcover", tmp_path)
+
+
+def manual_block(page, heading):
+    """The first code block after `heading` in a manual page, as printed."""
+    text = (REPO / page).read_text()
+    block = text[text.index(heading) :].split("<pre>", 1)[1].split("</pre>", 1)[0]
+    return html.unescape(block).strip("\n")
+
+
+def deepness_gives_the_same_classes(bundle, classified, tmp_path):
+    """model.onnx, outside GRASS, gives i.ann's classes.
+
+    Run twice: by the manual's Python example, and as QGIS's Deepness runs
+    it, on the GeoTIFF the manual's command writes: its documented
+    preprocessing of uint8 bands (cells without data are 0), tiles of the
+    model's input size, divided by 255, standardised with the file's
+    metadata, channels first; the class of a cell is the argmax of the
+    probabilities (seg_thresh 0). The scene (443 x 489 cells) is one tile
+    of 512, filled with 0 beyond the scene.
+    """
+    import onnxruntime
+    from scipy.ndimage import binary_dilation
+
+    ours = read_map(classified, null=0, dtype=np.int32)
+    mapped = ours > 0
+    bands = np.stack([read_map(b, null=np.nan) for b in BANDS.split(",")])
+    nodata = np.isnan(bands).any(axis=0)
+    assert nodata.any() and not nodata.all()
+
+    # The manual's Python example, as printed, on the scene's bands.
+    namespace = {"bands": bands}
+    here = os.getcwd()
+    os.chdir(bundle.parent)
+    try:
+        exec(
+            manual_block("i.ann.classify/i.ann.classify.html", "outside GRASS</h3>"),
+            namespace,
+        )
+    finally:
+        os.chdir(here)
+    example = namespace["classes"]
+    print(
+        "the manual's example agrees on {:.4%}".format((example == ours)[mapped].mean())
+    )
+    assert (example == ours)[mapped].mean() > 0.9999
+
+    # Deepness's way, on the manual's GeoTIFF.
+    gs.run_command("i.group", group="scene", input=BANDS, quiet=True)
+    command = manual_block("i.ann.classify/i.ann.classify.html", "<b>QGIS.</b>")
+    assert command.startswith("r.out.gdal ")
+    subprocess.run(command, shell=True, check=True, cwd=tmp_path, capture_output=True)
+    dump = tmp_path / "scene.npy"
+    subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import sys, numpy; from osgeo import gdal; "
+            "numpy.save(sys.argv[2], gdal.Open(sys.argv[1]).ReadAsArray())",
+            str(tmp_path / "scene.tif"),
+            str(dump),
+        ],
+        check=True,
+    )
+    raw = np.load(dump)
+    assert raw.dtype == np.uint8 and (raw[:, nodata] == 0).all()
+    session = onnxruntime.InferenceSession(
+        str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    meta = {
+        k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()
+    }
+    (inputs,) = session.get_inputs()
+    tile = inputs.shape[-1]
+    assert inputs.shape == ["batch", 6, tile, tile] and tile == meta["tile_size"]
+    rows, cols = nodata.shape
+    image = np.zeros((tile, tile, 6), np.uint8)
+    image[:rows, :cols] = raw.transpose(1, 2, 0)
+    x = np.float32(image * 1.0 / 255.0)
+    x = (x - np.float32(meta["standardization_mean"])) / np.float32(
+        meta["standardization_std"]
+    )
+    (probabilities,) = session.run(None, {inputs.name: x.transpose(2, 0, 1)[None]})
+    index = probabilities[0].argmax(axis=0)[:rows, :cols]
+    names = meta["class_names"]
+    values = {c["label"]: c["value"] for c in meta["i.ann"]["classes"]}
+    theirs = np.vectorize(lambda i: values[names[str(i)]])(index)
+    agree = theirs[mapped] == ours[mapped]
+    margin = meta["i.ann"]["margin"]
+    near = binary_dilation(nodata, iterations=margin)[mapped]
+    print(
+        "Deepness's way and i.ann agree on {:.4%} of the cells, {:.4%} of those "
+        "within {} cells of no data".format(agree.mean(), agree[near].mean(), margin)
+    )
+    assert agree.mean() > 0.9999 and agree[near].mean() > 0.999

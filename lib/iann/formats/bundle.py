@@ -10,6 +10,10 @@
   imported before the model is loaded so that custom layers it registers
   are known.
 
+A bundle imported from an ONNX segmentation model trained elsewhere
+(predict/onnx_import.py) has model.onnx and metadata.json only, with the
+import's record under `imported`; it runs on the ONNX engines.
+
 This module reads and writes the metadata and checks the files; the Keras
 side (loading the model) is nn/saving.py, writing a trained model is
 train/saving.py.
@@ -58,7 +62,22 @@ class BundleMetadata(JsonMetadata):
     dataset: dict = field(default_factory=dict)  # region, projection, sampling
     software: dict = field(default_factory=dict)
     onnx: dict = None  # the export's record (predict/onnx_export.py)
-    LEFT_OUT_WHEN_NONE = ("onnx",)
+    # An imported model's record (predict/onnx_import.py): source file and
+    # SHA-256, fixed input size, output kind, how the margin was found.
+    imported: dict = None
+    LEFT_OUT_WHEN_NONE = ("onnx", "imported")
+
+    @property
+    def input_size(self):
+        """The side of the only tiles the network takes, or None (any)."""
+        return (self.imported or {}).get("input_size")
+
+    @property
+    def model_files(self):
+        """The files that make the bundle's maps."""
+        return (
+            (METADATA_FILE, ONNX_FILE) if self.imported else (METADATA_FILE, MODEL_FILE)
+        )
 
 
 def write_metadata(folder, metadata):
@@ -88,8 +107,9 @@ def read_bundle_metadata(folder):
                 folder, error
             )
         )
-    if not os.path.isfile(os.path.join(folder, MODEL_FILE)):
-        raise IannError(_("Model bundle <{}> has no {}").format(folder, MODEL_FILE))
+    needed = ONNX_FILE if metadata.imported else MODEL_FILE
+    if not os.path.isfile(os.path.join(folder, needed)):
+        raise IannError(_("Model bundle <{}> has no {}").format(folder, needed))
     return metadata
 
 

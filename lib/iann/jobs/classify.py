@@ -123,7 +123,8 @@ class JobResult:
 def plan(request, temporary_maps):
     """Check the request and cut the region into the job's blocks."""
     metadata = read_bundle_metadata(request.bundle)
-    check_model_file(request.bundle)
+    if not metadata.imported:
+        check_model_file(request.bundle)
     bands, outputs = check_request(request, metadata)
     precision, problem = usable_precision(request.precision, request.gpu)
     if problem:
@@ -160,6 +161,10 @@ def plan(request, temporary_maps):
                 "the margin of {} cells)"
             ).format(request.block_size, block_size, grid, margin)
         )
+    if metadata.input_size:
+        # A network of fixed input size: every tile is read with its margins
+        # into that size, whatever tile_size says.
+        request = replace(request, tile_size=metadata.input_size - 2 * margin)
     values = tuple(c["value"] for c in metadata.classes)
     settings = PredictionSettings(
         mean=mean,
@@ -171,6 +176,7 @@ def plan(request, temporary_maps):
         probabilities=bool(outputs.probabilities or request.segments),
         uncertainty=request.uncertainty_method if request.uncertainty else None,
         batch=request.batch,
+        input_size=metadata.input_size,
     )
     mask = current_mask()
     n_outputs = 1 + (1 if request.uncertainty else 0)

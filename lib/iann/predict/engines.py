@@ -34,7 +34,7 @@ from iann.predict.onnx_export import (
     CLASSES_OUTPUT,
     PROBE_TOLERANCE,
     probe_input,
-    with_classes_output,
+    engine_model,
 )
 
 ENGINES = ("auto", "keras", "onnx", "openvino")
@@ -89,7 +89,7 @@ class OnnxRuntimeEngine:
         # from 3.6 GB to 1.9 GB for fcn-32 on 1074-cell tiles, no slower.
         options.enable_mem_pattern = False
         self.session = onnxruntime.InferenceSession(
-            with_classes_output(path), options, providers=["CPUExecutionProvider"]
+            engine_model(path), options, providers=["CPUExecutionProvider"]
         )
         self.input = self.session.get_inputs()[0].name
         self.probabilities = self.session.get_outputs()[0].name
@@ -122,7 +122,7 @@ class OpenVinoEngine:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         }
-        model = core.read_model(io.BytesIO(with_classes_output(path)))
+        model = core.read_model(io.BytesIO(engine_model(path)))
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.threads = threads
@@ -199,13 +199,20 @@ def onnx_problem(folder, metadata, engine_name, threads=1):
     path = os.path.join(folder, ONNX_FILE)
     if not record or not os.path.isfile(path):
         return _("the bundle has no {}").format(ONNX_FILE)
-    if sha256_of(os.path.join(folder, MODEL_FILE)) != record["keras_sha256"]:
+    if metadata.imported:
+        if sha256_of(path) != record["sha256"]:
+            return _("{} is not the file that was imported").format(ONNX_FILE)
+    elif sha256_of(os.path.join(folder, MODEL_FILE)) != record["keras_sha256"]:
         return _("{} was exported from another model.keras").format(ONNX_FILE)
     try:
         engine = ENGINE_CLASSES[engine_name](path, threads)
         probe = probe_input(record["probe_shape"], int(metadata.size_multiple))
-        # The record holds the probabilities channels last.
+        # The record holds the probabilities channels last (of a window of
+        # the probe for an imported model).
         got = engine.predict(probe).transpose(0, 2, 3, 1)
+        if record.get("probe_window"):
+            start, stop = record["probe_window"]
+            got = got[:, start:stop, start:stop]
     except Exception as error:  # noqa: BLE001 - a broken file, in any way
         return _("{} cannot be run: {}").format(ONNX_FILE, engine_error_text(error))
     expected = np.asarray(record["probe_output"], dtype=np.float32)
@@ -230,6 +237,8 @@ def choose_engine(folder, metadata, requested="auto", precision="float32", gpu=F
     (model.onnx is float32); Keras otherwise. A model.onnx that fails its
     probe gives a warning and Keras, never a wrong map.
     """
+    if metadata.imported:
+        return imported_model_engine(folder, metadata, requested, precision, gpu)
     if requested == "keras":
         return EngineChoice("keras", _("asked for"))
     if requested in ENGINE_CLASSES:
@@ -266,6 +275,39 @@ def choose_engine(folder, metadata, requested="auto", precision="float32", gpu=F
     if metadata.onnx is None:
         return EngineChoice("keras", problem)
     return fallback(folder, problem)
+
+
+def imported_model_engine(folder, metadata, requested, precision, gpu):
+    """An imported model runs on an ONNX engine: the one asked for, or the
+    first installed one that passes the probe (OpenVINO, then ONNX Runtime)."""
+    if requested == "keras" or precision != "float32":
+        raise IannError(
+            _(
+                "Model bundle <{}> was imported from an ONNX model: it runs with "
+                "engine=onnx or engine=openvino, in float32"
+            ).format(folder)
+        )
+    names = [requested] if requested in ENGINE_CLASSES else list(AUTO_ORDER)
+    problems = []
+    for name in names:
+        if not installed(ENGINE_PACKAGES[name]):
+            problems.append(_("{} is not installed").format(ENGINE_PACKAGES[name]))
+            continue
+        problem = onnx_problem(folder, metadata, name)
+        if problem is None:
+            reason = _("asked for") if requested == name else _("imported model")
+            warning = (
+                _(
+                    "Model bundle <{}> was imported from an ONNX model: {} on the CPU"
+                ).format(folder, ENGINE_TITLES[name])
+                if gpu
+                else None
+            )
+            return EngineChoice(name, reason, warning)
+        problems.append("{}: {}".format(ENGINE_TITLES[name], problem))
+    raise IannError(
+        _("Model bundle <{}> cannot be run: {}").format(folder, "; ".join(problems))
+    )
 
 
 def fallback(folder, problem):

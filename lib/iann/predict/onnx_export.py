@@ -8,6 +8,17 @@ expects of a segmentation model. The ONNX metadata properties carry what
 Deepness reads (model type, class names, resolution, tile size and
 overlap, standardisation) and the whole bundle metadata under "i.ann".
 
+The file on disk is Deepness's form: its panel takes the tile size from
+the input's spatial dimensions, which must be fixed numbers, and it feeds
+cells without data as their raw value (0 for a GeoTIFF written with
+nodata=0), where i.ann fills them with the band mean. So the input's
+height and width are fixed at the Deepness tile size, and a first step of
+the graph (nodes named "nodata/...") gives a cell whose bands all hold
+the standardised value of a raw 0 the band means instead. i.ann's own
+engines run `engine_model(path)`: the same graph with free height and
+width and without that step (a cell with data whose bands are all 0 is a
+cell like any other in GRASS).
+
 The export records a probe: the probabilities model.keras gives for a
 fixed input, and the SHA-256 of model.keras. Whoever runs model.onnx
 instead of model.keras first checks that it gives the same probabilities
@@ -58,40 +69,152 @@ def channels_first_model(form, n_bands):
 
 
 CLASSES_OUTPUT = "classes"
+NODATA_PREFIX = "nodata/"
+# Deepness's raw value of a cell without data, and how close (in standard
+# deviations) a standardised band must be to it: raw steps of 1 are at
+# least 1/std apart, far more than this for any band of 8 or 16 bits.
+NODATA_RAW = 0.0
+NODATA_TOLERANCE = 1e-4
 
 
-def with_classes_output(path):
-    """model.onnx with a second output, the class index of each cell.
+def add_nodata_fill(model, raw_means, raw_stds, raw_value=NODATA_RAW):
+    """The Deepness form's first step: cells without data get the band means.
 
-    An ArgMax over the probabilities' channel axis, computed by the engine
-    where the probabilities are made (in its threads, while they are in
-    its caches) when a job needs the classes alone. Returns the model's
-    bytes; the file is not changed.
+    A cell whose every band, standardised as Deepness does, is within
+    NODATA_TOLERANCE of raw_value's standardised value becomes 0 in every
+    band (the band mean, standardised), as i.ann fills them.
+    """
+    from onnx import helper, numpy_helper
+
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    graph = model.graph
+    source = graph.input[0].name
+    filled = NODATA_PREFIX + "bands"
+    for node in graph.node:
+        node.input[:] = [filled if name == source else name for name in node.input]
+    means = np.asarray(raw_means, np.float32)
+    stds = np.asarray(raw_stds, np.float32)
+    standardised = ((np.float32(raw_value) - means) / stds).reshape(1, -1, 1, 1)
+
+    def name(suffix):
+        return NODATA_PREFIX + suffix
+
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(standardised.astype(np.float32), name("value")),
+            numpy_helper.from_array(np.float32(NODATA_TOLERANCE), name("tolerance")),
+            numpy_helper.from_array(np.float32(0), name("zero")),
+        ]
+    )
+    if opset >= 18:
+        graph.initializer.append(
+            numpy_helper.from_array(np.array([1], np.int64), name("axis"))
+        )
+    steps = [
+        helper.make_node("Sub", [source, name("value")], [name("difference")]),
+        helper.make_node("Abs", [name("difference")], [name("distance")]),
+        (
+            helper.make_node(
+                "ReduceMax", [name("distance"), name("axis")], [name("farthest")]
+            )
+            if opset >= 18
+            else helper.make_node(
+                "ReduceMax", [name("distance")], [name("farthest")], axes=[1]
+            )
+        ),
+        helper.make_node("Less", [name("farthest"), name("tolerance")], [name("cell")]),
+        helper.make_node("Where", [name("cell"), name("zero"), source], [filled]),
+    ]
+    for step, node in enumerate(steps):
+        node.name = name(str(step))
+    nodes = steps + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def without_nodata_fill(model):
+    """The graph with the Deepness no-data step taken out (i.ann's form)."""
+    graph = model.graph
+    filled = NODATA_PREFIX + "bands"
+    source = graph.input[0].name
+    kept = [node for node in graph.node if not node.name.startswith(NODATA_PREFIX)]
+    if len(kept) == len(graph.node):
+        return
+    for node in kept:
+        node.input[:] = [source if name == filled else name for name in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [
+        i for i in graph.initializer if not i.name.startswith(NODATA_PREFIX)
+    ]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+
+
+def set_spatial_dimensions(model, size=None):
+    """Batch free; height and width `size` cells, or free ("size") for None."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for index, dim in enumerate(dims):
+            if index == 0 or (index >= 2 and size is None):
+                dim.ClearField("dim_value")
+                dim.dim_param = "batch" if index == 0 else "size"
+            elif index >= 2:
+                dim.ClearField("dim_param")
+                dim.dim_value = int(size)
+
+
+def engine_model(path):
+    """model.onnx as i.ann's engines run it, as bytes (the file is not changed).
+
+    An i.ann bundle's own network gets free height and width and loses the
+    Deepness no-data step. Every model gets a second output, the class
+    index of each cell: an ArgMax over the probabilities' channel axis,
+    computed by the engine where the probabilities are made (in its
+    threads, while they are in its caches) when a job needs the classes
+    alone.
     """
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load(path)
+    properties = {p.key: p.value for p in model.metadata_props}
+    if "i.ann" in properties and "i.ann.imported" not in properties:
+        without_nodata_fill(model)
+        set_spatial_dimensions(model, None)
     probabilities = model.graph.output[0].name
     model.graph.node.append(
         helper.make_node(
             "ArgMax", [probabilities], [CLASSES_OUTPUT], axis=1, keepdims=0
         )
     )
+    dims = [
+        d.dim_param or d.dim_value
+        for d in model.graph.input[0].type.tensor_type.shape.dim
+    ]
     model.graph.output.append(
         helper.make_tensor_value_info(
-            CLASSES_OUTPUT, TensorProto.INT64, ["batch", "size", "size"]
+            CLASSES_OUTPUT, TensorProto.INT64, [dims[0], dims[2], dims[3]]
         )
     )
     return model.SerializeToString()
 
 
-def deepness_properties(metadata):
-    """ONNX metadata properties in the form QGIS's Deepness plugin reads."""
+def deepness_tile(metadata):
+    """Deepness's tile: 512 cells, or more, so that its overlap covers
+    twice the margin with a core at least as wide."""
+    if metadata.input_size:
+        return int(metadata.input_size)
     margin = int(metadata.margin)
     multiple = int(metadata.size_multiple)
     tile = max(DEEPNESS_TILE, 4 * margin)
-    tile = -(-tile // multiple) * multiple
+    return -(-tile // multiple) * multiple
+
+
+def deepness_properties(metadata):
+    """ONNX metadata properties in the form QGIS's Deepness plugin reads."""
+    margin = int(metadata.margin)
+    tile = deepness_tile(metadata)
     # Deepness scales bands to 0..1 (divides by 255) before standardising:
     # (x/255 - m/255) / (s/255) is i.ann's (x - m) / s.
     mean = [m / 255.0 for m in metadata.normalisation["mean"]]
@@ -99,8 +222,13 @@ def deepness_properties(metadata):
     properties = {
         "model_type": "Segmentor",
         "class_names": {str(i): c["label"] for i, c in enumerate(metadata.classes)},
+        # Deepness's code reads tile_size, its documentation writes tiles_size.
         "tile_size": tile,
+        "tiles_size": tile,
+        # A percentage of the tile; Deepness keeps each tile but half the
+        # overlap on each side: floor(tile * overlap / 100) // 2 >= margin.
         "tiles_overlap": int(np.ceil(100.0 * 2 * margin / tile)),
+        "nodata_value": NODATA_RAW,
         "standardization_mean": mean,
         "standardization_std": std,
         "seg_thresh": 0.0,
@@ -126,16 +254,6 @@ def training_resolution_cm(metadata):
     return None if metres is None else metres * 100.0
 
 
-def name_dimensions(model):
-    """Readable names for the free dimensions (Deepness wants square outputs)."""
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        for dim, name in zip(dims, ("batch", None, "size", "size")):
-            if name:
-                dim.ClearField("dim_value")
-                dim.dim_param = name
-
-
 def quiet_converters():
     # What the converter cannot do is reported once, in i.ann's warning.
     for name in ("tf2onnx", "tensorflow", "absl"):
@@ -156,8 +274,10 @@ def check_exported(path, probe, expected):
         import onnxruntime
     except ImportError:
         return
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {session.get_inputs()[0].name: probe})
+    session = onnxruntime.InferenceSession(
+        engine_model(path), providers=["CPUExecutionProvider"]
+    )
+    got = session.run(None, {session.get_inputs()[0].name: probe})[0]
     difference = float(np.abs(got - expected).max())
     if not difference <= PROBE_TOLERANCE:
         raise ValueError(
@@ -195,7 +315,10 @@ def export_onnx(folder, model, metadata):
             warnings.simplefilter("ignore")
             wrapper.export(temporary, format="onnx", verbose=False)
         exported = onnx.load(temporary)
-        name_dimensions(exported)
+        set_spatial_dimensions(exported, deepness_tile(metadata))
+        add_nodata_fill(
+            exported, metadata.normalisation["mean"], metadata.normalisation["std"]
+        )
         for key, value in deepness_properties(metadata).items():
             exported.metadata_props.add(key=key, value=value)
         onnx.save(exported, temporary)

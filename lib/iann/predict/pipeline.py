@@ -45,6 +45,7 @@ class PredictionSettings:
     probabilities: bool = False
     uncertainty: str = None
     batch: int = 1
+    input_size: int = None  # a network that takes tiles of this side only
 
 
 @dataclass
@@ -58,20 +59,24 @@ class BlockStats:
     mapped: np.ndarray = field(default=None, repr=False)
 
 
-def padded_to(tile, multiple):
-    """The (bands, rows, cols) tile with zeros added to multiples of `multiple`.
+def padded_to(tile, multiple, size=None):
+    """The (bands, rows, cols) tile with zeros added to multiples of `multiple`,
+    or to `size` x `size` cells for a network of fixed input size.
 
     Zero is the band mean once standardised, as at the edges of training
     patches; networks with poolings (unet, resunet) need these sizes.
     """
     rows, cols = tile.shape[1:]
-    extra = (-rows % multiple, -cols % multiple)
+    if size:
+        extra = (size - rows, size - cols)
+    else:
+        extra = (-rows % multiple, -cols % multiple)
     if extra == (0, 0):
         return tile
     return np.pad(tile, ((0, 0), (0, extra[0]), (0, extra[1])))
 
 
-def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
+def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1, size=None):
     """Class probabilities (classes, rows, cols) of standardised tiles.
 
     With `augment`, the mean over the 8 flips and rotations of each tile
@@ -100,7 +105,7 @@ def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
     for i, k in views:
         # Padded before turning: the poolings of every view then group the
         # cells on the region's grid, as in a tile of any other size.
-        padded = padded_to(tiles[i], multiple)
+        padded = padded_to(tiles[i], multiple, size)
         view = (
             np.ascontiguousarray(dihedral(padded, k, axes=(1, 2)))
             if augment
@@ -114,7 +119,7 @@ def predict_tiles(engine, tiles, augment=False, multiple=1, batch=1):
     return [s / 8 if augment else s for s in sums]
 
 
-def predict_tile_classes(engine, tiles, multiple=1, batch=1):
+def predict_tile_classes(engine, tiles, multiple=1, batch=1, size=None):
     """Class indices (rows, cols) of standardised tiles, from the engine.
 
     Consecutive tiles of the same padded shape go to the engine together,
@@ -130,7 +135,7 @@ def predict_tile_classes(engine, tiles, multiple=1, batch=1):
         pending.clear()
 
     for tile in tiles:
-        padded = padded_to(tile, multiple)
+        padded = padded_to(tile, multiple, size)
         if pending and (padded.shape != pending[0][0].shape or len(pending) == batch):
             flush()
         pending.append((padded, tile.shape[1:]))
@@ -190,11 +195,16 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
         tiles = [array for *_where, array in group]
         if classes_only:
             predicted = predict_tile_classes(
-                engine, tiles, settings.multiple, settings.batch
+                engine, tiles, settings.multiple, settings.batch, settings.input_size
             )
         else:
             predicted = predict_tiles(
-                engine, tiles, settings.augment, settings.multiple, settings.batch
+                engine,
+                tiles,
+                settings.augment,
+                settings.multiple,
+                settings.batch,
+                settings.input_size,
             )
         stats.network_seconds += time.perf_counter() - started
         for (core, window, core_nulls, _array), tile_output in zip(group, predicted):
