@@ -131,7 +131,7 @@ def test_bundle_carries_onnx_with_deepness_metadata(trained_bundle):
     rng = np.random.default_rng(3)
     raw = rng.integers(1, 256, size=(2, tile, tile, 2)).astype(np.uint8)
     raw[0, 100:140, 200:260, :] = 0  # no data, in every band
-    raw[1, 10:20, 10:20, 0] = 0  # one band 0 only: data
+    raw[1, 10:20, 10:20, 0] = 0  # no data in one band
     scaled = raw.astype(np.float32) / 255.0
     x = (scaled - np.float32(properties["standardization_mean"])) / np.float32(
         properties["standardization_std"]
@@ -142,11 +142,12 @@ def test_bundle_carries_onnx_with_deepness_metadata(trained_bundle):
     std = np.float32(meta["normalisation"]["std"])
     standardised = (raw.astype(np.float32) - mean) / std
     standardised[0, 100:140, 200:260, :] = 0
+    standardised[1, 10:20, 10:20, 0] = 0
     expected = np.asarray(model.predict_on_batch(standardised))
     np.testing.assert_allclose(got.transpose(0, 2, 3, 1), expected, atol=1e-4)
 
     # i.ann's own engines run the same file with free height and width and
-    # without the no-data step: a cell whose bands are all 0 is data there.
+    # without the no-data step: a band of 0 is data there.
     from iann.predict.engines import OnnxRuntimeEngine
 
     engine = OnnxRuntimeEngine(str(trained_bundle / "model.onnx"), 1)

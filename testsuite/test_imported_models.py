@@ -152,9 +152,16 @@ def test_deepness_model_imported_with_its_metadata(mapset, trained_bundle, tmp_p
     from conftest import make_synthetic
 
     gs.run_command("g.region", rows=700, cols=650)
-    bands, _reference = make_synthetic()
+    bands, reference = make_synthetic()
     bundle = tmp_path / "imported"
-    run_ok("i.ann.train", **{"import": trained_bundle / "model.onnx"}, output=bundle)
+    # The standardisation and the margin from the file's Deepness metadata;
+    # the classes' values given (Deepness names classes, not their values).
+    run_ok(
+        "i.ann.train",
+        **{"import": trained_bundle / "model.onnx"},
+        classes="11:water,21:forest,31:urban",
+        output=bundle,
+    )
     metadata = json.loads((bundle / "metadata.json").read_text())
     original = json.loads((trained_bundle / "metadata.json").read_text())
     assert [c["label"] for c in metadata["classes"]] == ["water", "forest", "urban"]
@@ -177,26 +184,30 @@ def test_deepness_model_imported_with_its_metadata(mapset, trained_bundle, tmp_p
         model=bundle,
         output="foreign",
         probabilities="foreignp",
+        uncertainty="foreignu",
+        reference=reference,
+        report=tmp_path / "report.json",
         nprocs=2,
         block_size=256,
     )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["cells"] > 0 and 0 <= report["overall_accuracy"] <= 1
+    uncertainty = read_map("foreignu")
+    assert np.isfinite(uncertainty).all() and (uncertainty >= 0).all()
     # Away from the region's edges: there, the foreign model's tiles are
     # filled with 0 up to 512 cells, where i.ann's own network reads no
     # more than the region (its convolutions pad each layer with zeros).
     margin = original["margin"]
     inner = (slice(margin, -margin), slice(margin, -margin))
-    for k, value in enumerate((11, 21, 31)):
+    for value in (11, 21, 31):
         np.testing.assert_allclose(
-            read_map("foreignp_{}".format(k))[inner],
+            read_map("foreignp_{}".format(value))[inner],
             read_map("ownp_{}".format(value))[inner],
             atol=1e-5,
         )
     own = read_map("own", null=0, dtype=np.int32)[inner]
     foreign = read_map("foreign", null=0, dtype=np.int32)[inner]
-    # The class values are positions (0, 1, 2): the file names the classes,
-    # not the reference map's values.
-    values = np.array([0, 11, 21, 31])
-    assert (values[foreign + 1] == own).all()
+    np.testing.assert_array_equal(foreign, own)
 
 
 TINY_INPUT = ["batch", 6, "size", "size"]

@@ -13,11 +13,11 @@ the input's spatial dimensions, which must be fixed numbers, and it feeds
 cells without data as their raw value (0 for a GeoTIFF written with
 nodata=0), where i.ann fills them with the band mean. So the input's
 height and width are fixed at the Deepness tile size, and a first step of
-the graph (nodes named "nodata/...") gives a cell whose bands all hold
-the standardised value of a raw 0 the band means instead. i.ann's own
+the graph (nodes named "nodata/...") gives a band that holds the
+standardised value of a raw 0 its mean instead. i.ann's own
 engines run `engine_model(path)`: the same graph with free height and
-width and without that step (a cell with data whose bands are all 0 is a
-cell like any other in GRASS).
+width and without that step (a band with data 0 is data like any other
+in GRASS).
 
 The export records a probe: the probabilities model.keras gives for a
 fixed input, and the SHA-256 of model.keras. Whoever runs model.onnx
@@ -78,15 +78,14 @@ NODATA_TOLERANCE = 1e-4
 
 
 def add_nodata_fill(model, raw_means, raw_stds, raw_value=NODATA_RAW):
-    """The Deepness form's first step: cells without data get the band means.
+    """The Deepness form's first step: bands without data get their means.
 
-    A cell whose every band, standardised as Deepness does, is within
-    NODATA_TOLERANCE of raw_value's standardised value becomes 0 in every
-    band (the band mean, standardised), as i.ann fills them.
+    A band of a cell that, standardised as Deepness does, is within
+    NODATA_TOLERANCE of raw_value's standardised value becomes 0 (the band
+    mean, standardised), as i.ann fills each band without data.
     """
     from onnx import helper, numpy_helper
 
-    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     graph = model.graph
     source = graph.input[0].name
     filled = NODATA_PREFIX + "bands"
@@ -106,24 +105,13 @@ def add_nodata_fill(model, raw_means, raw_stds, raw_value=NODATA_RAW):
             numpy_helper.from_array(np.float32(0), name("zero")),
         ]
     )
-    if opset >= 18:
-        graph.initializer.append(
-            numpy_helper.from_array(np.array([1], np.int64), name("axis"))
-        )
     steps = [
         helper.make_node("Sub", [source, name("value")], [name("difference")]),
         helper.make_node("Abs", [name("difference")], [name("distance")]),
-        (
-            helper.make_node(
-                "ReduceMax", [name("distance"), name("axis")], [name("farthest")]
-            )
-            if opset >= 18
-            else helper.make_node(
-                "ReduceMax", [name("distance")], [name("farthest")], axes=[1]
-            )
+        helper.make_node(
+            "Less", [name("distance"), name("tolerance")], [name("empty")]
         ),
-        helper.make_node("Less", [name("farthest"), name("tolerance")], [name("cell")]),
-        helper.make_node("Where", [name("cell"), name("zero"), source], [filled]),
+        helper.make_node("Where", [name("empty"), name("zero"), source], [filled]),
     ]
     for step, node in enumerate(steps):
         node.name = name(str(step))
