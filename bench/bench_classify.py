@@ -118,10 +118,9 @@ def import_csmask(folder):
     )
 
 
-def fixed_size_in_memory(path, stack, margin, threads):
-    """Seconds to predict the stack with model.onnx as on disk (Deepness's
-    form: tiles of its fixed size, each core that size less two margins,
-    the last ones filled with zeros), in ONNX Runtime."""
+def onnx_session(path, threads):
+    """model.onnx as on disk (Deepness's form) in ONNX Runtime: a predict
+    function and the side of its tiles."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -130,11 +129,18 @@ def fixed_size_in_memory(path, stack, margin, threads):
         path, options, providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
-    size = session.get_inputs()[0].shape[-1]
+    return (lambda tile: session.run(None, {name: tile})[0]), (
+        session.get_inputs()[0].shape[-1]
+    )
+
+
+def fixed_size_in_memory(predict, stack, size, margin):
+    """Seconds to predict the stack in tiles of one fixed size, each core
+    that size less two margins, the last ones filled with zeros."""
     core = size - 2 * margin
     bands, rows, cols = stack.shape
     tile = np.zeros((1, bands, size, size), np.float32)
-    session.run(None, {name: tile})  # warm-up
+    predict(tile)  # warm-up
     start = time.perf_counter()
     for r in range(0, rows, core):
         for c in range(0, cols, core):
@@ -143,7 +149,7 @@ def fixed_size_in_memory(path, stack, margin, threads):
             ]
             tile[:] = 0
             tile[0, :, : window.shape[1], : window.shape[2]] = window
-            np.argmax(session.run(None, {name: tile})[0], 1)
+            np.argmax(predict(tile), 1)
     return time.perf_counter() - start
 
 
@@ -302,7 +308,7 @@ def main():
                     ("ONNX Runtime, in memory", OnnxRuntimeEngine(onnx, threads)),
                     ("OpenVINO, in memory", OpenVinoEngine(onnx, threads)),
                 ):
-                    seconds = in_memory(engine, six, 256)
+                    seconds = fixed_size_in_memory(engine.predict, six, 256, 26)
                     floor = floor or seconds
                     row = [network, label, "{:.1f}".format(seconds)]
                     row += ["{:.0f}".format(cells / seconds)]
@@ -341,7 +347,8 @@ def main():
                 del engine
             # model.onnx as Deepness runs it: i.ann's engines make its
             # height and width free again instead (onnx_export.engine_model).
-            seconds = fixed_size_in_memory(onnx, stack, metadata.margin, threads)
+            predict, size = onnx_session(onnx, threads)
+            seconds = fixed_size_in_memory(predict, stack, size, metadata.margin)
             row = [network, "ONNX Runtime, in memory, model.onnx's fixed tiles"]
             row += ["{:.1f}".format(seconds), "{:.0f}".format(cells / seconds)]
             row += ["{:.2f}".format(floor / seconds), ""]
