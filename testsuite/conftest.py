@@ -7,6 +7,7 @@ on PATH, so tests run them exactly as a user does. Each test gets a fresh
 mapset of its own.
 """
 
+import html
 import os
 import re
 import signal
@@ -234,3 +235,10 @@ def unet_bundle(synthetic_patches, tmp_path_factory):
         depth=2,
         filters=4,
     )
+
+
+def manual_block(page, heading):
+    """The first code block after `heading` in a manual page, as printed."""
+    text = (REPO / page).read_text()
+    block = text[text.index(heading) :].split("<pre>", 1)[1].split("</pre>", 1)[0]
+    return html.unescape(block).strip("\n")

@@ -9,6 +9,7 @@ package's own file, and the package's own CSmask.
 """
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 import grass.script as gs
 
-from conftest import REPO, assert_fails, read_map, run, run_ok
+from conftest import REPO, assert_fails, manual_block, read_map, run, run_ok
 
 LANDSAT = ("10", "20", "30", "40", "50", "70")
 # ukis-csmask's names for the bands of its 6-band model, in its order.
@@ -45,24 +46,28 @@ def test_foreign_model_classifies_like_onnx_runtime(mapset, nc_data, csmask, tmp
     import onnxruntime
     from ukis_csmask.mask import CSmask
 
-    import subprocess
-
     subprocess.run(
         ["bash", str(REPO / "demo" / "import_nc.sh"), str(nc_data)],
         check=True,
         capture_output=True,
     )
-    # ukis-csmask takes reflectance in 0..1: the digital numbers scaled.
-    bands = []
-    for band in LANDSAT:
-        gs.mapcalc(
-            "refl_{b} = float(lsat7_2000_{b}) / 255.0".format(b=band), quiet=True
-        )
-        bands.append("refl_" + band)
+    # The manual's example, as printed: the bands scaled to 0..1 (as
+    # ukis-csmask requires), the model imported with the package's
+    # statistics (rounded) and half its stated overlap of 20% of 256 cells
+    # as the margin, the scene classified (engine=auto).
+    example = manual_block(
+        "i.ann.train/i.ann.train.html", "A cloud mask trained elsewhere</h3>"
+    )
+    assert "i.ann.train import=" in example and "i.ann.classify" in example
+    done = subprocess.run(
+        example, shell=True, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "scores (a Softmax added)" in " ".join(done.stderr.split())
+    bands = ["refl_" + band for band in LANDSAT]
     model, mean, std = csmask
-    # The manual's command, as printed (the package's statistics, and half
-    # its stated overlap of 20% of 256 cells as the margin).
-    bundle = tmp_path / "csmask"
+    # The same import with the package's statistics unrounded.
+    bundle = tmp_path / "csmask_exact"
     result = run_ok(
         "i.ann.train",
         "overwrite",
@@ -84,14 +89,17 @@ def test_foreign_model_classifies_like_onnx_runtime(mapset, nc_data, csmask, tmp
         "i.ann.classify",
         input=",".join(bands),
         model=bundle,
-        output="clouds",
-        probabilities="cloudp",
+        output="clouds_exact",
+        probabilities="cloudp_exact",
         engine="onnx",
     )
-    classes = read_map("clouds", null=-1, dtype=np.int32)
+    classes = read_map("clouds_exact", null=-1, dtype=np.int32)
     probabilities = np.stack(
-        [read_map("cloudp_{}".format(k), null=np.nan) for k in range(3)]
+        [read_map("cloudp_exact_{}".format(k), null=np.nan) for k in range(3)]
     )
+    # The manual's map: the same classes but where rounding decides.
+    example_classes = read_map("clouds", null=-1, dtype=np.int32)
+    assert (example_classes == classes).mean() > 0.999
     data = np.stack([read_map(b, null=np.nan) for b in bands]).astype(np.float32)
     valid = ~np.isnan(data).any(axis=0)
     assert (classes[valid] >= 0).all() and (classes[~valid] == -1).all()

@@ -11,7 +11,6 @@ before this test asserted macro F1); the budget, 18,000 patch-epochs, is
 about that of the defaults with 8 epochs (16,000).
 """
 
-import html
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from sklearn.metrics import f1_score
 
 import grass.script as gs
 
-from conftest import REPO, read_map, run_ok
+from conftest import REPO, manual_block, read_map, run_ok
 
 BANDS = ",".join("lsat7_2000_{}".format(b) for b in (10, 20, 30, 40, 50, 70))
 HELD_OUT = "(int((row() - 1) / 64) * 7 + int((col() - 1) / 64) * 3) % 4 == 0"
@@ -141,13 +140,6 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
     labels = gs.read_command("r.category", map="landcover", separator="pipe")
     assert "5|forest" in labels
     deepness_gives_the_same_classes(tmp_path / "model", "landcover", tmp_path)
-
-
-def manual_block(page, heading):
-    """The first code block after `heading` in a manual page, as printed."""
-    text = (REPO / page).read_text()
-    block = text[text.index(heading) :].split("<pre>", 1)[1].split("</pre>", 1)[0]
-    return html.unescape(block).strip("\n")
 
 
 def deepness_gives_the_same_classes(bundle, classified, tmp_path):
