@@ -407,6 +407,51 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     assert_no_job_left()
 
 
+def test_imported_model_resumes_and_runs_on_a_cluster(
+    mapset, dask_cluster, trained_bundle, tmp_path
+):
+    """A bundle imported from an ONNX file (i.ann's own export, taken as a
+    foreign model of fixed 512-cell tiles) goes through the block path as
+    i.ann's own: killed, then resumed from its blocks; on a Dask cluster."""
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=96, cols=96)
+    bundle = tmp_path / "imported"
+    run_ok(
+        "i.ann.train",
+        **{"import": trained_bundle / "model.onnx"},
+        classes="11:water,21:forest,31:urban",
+        output=bundle,
+    )
+    # Test-time augmentation (t): eight times the work, so that the run is
+    # still going when it is killed.
+    options = dict(input=",".join(bands), model=bundle, block_size="32,32")
+    run_ok(
+        "i.ann.classify",
+        "t",
+        output="on_cluster",
+        scheduler=dask_cluster["address"],
+        **options,
+    )
+    assert_classified(read_map("on_cluster", null=-1, dtype=np.int32))
+    process = start("i.ann.classify", "t", nprocs=2, output="resumed", **options)
+    try:
+        wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
+    finally:
+        stop_group(process)
+    kept = done_blocks()
+    assert 3 <= kept < 9 and not raster_exists("resumed")  # 3 x 3 blocks
+    result = run_ok(
+        "i.ann.classify", "t", "verbose", nprocs=2, output="resumed", **options
+    )
+    message = " ".join(result.stderr.split())
+    assert "{} of 9 blocks already classified".format(kept) in message
+    np.testing.assert_array_equal(read_map("on_cluster"), read_map("resumed"))
+    assert_no_job_left()
+
+
 @pytest.mark.parametrize("how,nprocs", [("ctrl-c", 1), ("ctrl-c", 2), ("sigterm", 2)])
 def test_interrupted_run_leaves_outputs_untouched(mapset, trained_bundle, how, nprocs):
     bands, _ = make_synthetic()
