@@ -164,11 +164,13 @@ def test_deepness_model_imported_with_its_metadata(mapset, trained_bundle, tmp_p
     bundle = tmp_path / "imported"
     # The standardisation and the margin from the file's Deepness metadata;
     # the classes' values given (Deepness names classes, not their values).
-    run_ok(
+    # From Python as the manual says: import_ (a Python keyword otherwise).
+    gs.run_command(
         "i.ann.train",
-        **{"import": trained_bundle / "model.onnx"},
+        import_=trained_bundle / "model.onnx",
         classes="11:water,21:forest,31:urban",
         output=bundle,
+        quiet=True,
     )
     metadata = json.loads((bundle / "metadata.json").read_text())
     original = json.loads((trained_bundle / "metadata.json").read_text())
