@@ -110,6 +110,18 @@ def group_alive(pgid):
     return False
 
 
+def killed_after(process, blocks, timeout, what):
+    """SIGKILL the module's whole process group once `blocks` blocks are
+    done, as a crash or the OOM killer would; wait until none is left."""
+    try:
+        wait_for(lambda: done_blocks() >= blocks, timeout, what)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
+    finally:
+        stop_group(process)
+
+
 def start(module, *flags, **options):
     """Start a module in a session of its own (killable with its children)."""
     args = [module] + ["--" + f if len(f) > 1 else "-" + f for f in flags]
@@ -381,13 +393,7 @@ def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     )
     run_ok("i.ann.classify", input=options["input"], model=trained_bundle, output="ref")
     process = start("i.ann.classify", "t", nprocs=2, **options)
-    try:
-        wait_for(lambda: done_blocks() >= 4, 120, "four blocks")
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
-    finally:
-        stop_group(process)
+    killed_after(process, 4, 120, "four blocks")
     kept = done_blocks()
     assert 4 <= kept < 25  # 5 x 5 blocks of 32 cells
     assert not raster_exists("resumed")
@@ -434,13 +440,7 @@ def test_imported_model_resumes_and_runs_on_a_cluster(
     )
     assert_classified(read_map("on_cluster", null=-1, dtype=np.int32))
     process = start("i.ann.classify", "t", nprocs=2, output="resumed", **options)
-    try:
-        wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
-    finally:
-        stop_group(process)
+    killed_after(process, 3, 120, "three blocks")
     kept = done_blocks()
     assert 3 <= kept < 9 and not raster_exists("resumed")  # 3 x 3 blocks
     result = run_ok(

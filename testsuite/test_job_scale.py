@@ -24,8 +24,8 @@ from conftest import assert_fails, make_synthetic, read_map, run, run_ok
 from test_blocks import (
     assert_no_job_left,
     done_blocks,
-    group_alive,
     job_maps,
+    killed_after,
     location_path,
     start,
     stop_group,
@@ -88,13 +88,7 @@ def test_thousands_of_blocks_resume_after_sigkill(mapset, pointwise_bundle):
     )
     options = dict(output="many", uncertainty="many_u", block_size="8,8", nprocs=2)
     process = start("i.ann.classify", **options, **common)
-    try:
-        wait_for(lambda: done_blocks() >= 300, 300, "300 blocks")
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        wait_for(lambda: not group_alive(process.pid), 30, "the killed processes")
-    finally:
-        stop_group(process)
+    killed_after(process, 300, 300, "300 blocks")
     kept = done_blocks()
     assert 300 <= kept < 2500
     assert not gs.find_file("many", element="cell")["fullname"]
