@@ -220,6 +220,12 @@
 # % guisection: Accuracy
 # %end
 # %flag
+# % key: a
+# % label: Most probable class: leave out the bundle's decision rule
+# % description: Bundles trained with decision= other than argmax add a bias per class before taking the class; -a maps the plain argmax
+# % guisection: Output
+# %end
+# %flag
 # % key: g
 # % description: Each block asks the Dask workers for one GPU (workers started with --resources GPU=1)
 # % guisection: Processing
@@ -374,6 +380,7 @@ def classify(options, flags):
         nprocs=int(options["nprocs"]),
         scheduler=options["scheduler"] or None,
         gpu=flags["g"],
+        argmax=flags["a"],
         overwrite=gs.overwrite(),
     )
     result = run_job(request, TEMPORARY_MAPS)
@@ -389,16 +396,18 @@ def classify(options, flags):
         gs.message(_("Uncertainty map written to <{}>").format(outputs.uncertainty))
     if reference:
         from iann.formats.bundle import read_bundle_metadata
+        from iann.jobs.classify import decision_text
 
-        classes = read_bundle_metadata(options["model"]).classes
+        metadata = read_bundle_metadata(options["model"])
         assess(
             outputs.classes,
             reference,
-            classes,
+            metadata.classes,
             options["report"],
             options["plot"],
             options["model"],
             TEMPORARY_MAPS,
+            decision=decision_text(metadata, request),
         )
     vector_output(outputs.classes, options, flags)
     return 0

@@ -144,9 +144,9 @@
 # % type: string
 # % required: no
 # % answer: crossentropy
-# % options: crossentropy,focal
+# % options: crossentropy,focal,dice,tversky,lovasz
 # % description: Loss function (unlabelled cells are left out)
-# % descriptions: crossentropy;cross-entropy of the class probabilities;focal;focal loss, which weighs hard cells more
+# % descriptions: crossentropy;cross-entropy of the class probabilities;focal;focal loss, which weighs hard cells more;dice;cross-entropy plus a soft Dice term per class, in which rare classes weigh as much as common ones;tversky;cross-entropy plus a soft Tversky term per class (missed cells weigh 0.7, false alarms 0.3);lovasz;cross-entropy plus the Lovasz-softmax term per class (a surrogate of the Jaccard index)
 # % guisection: Training
 # %end
 # %option
@@ -184,6 +184,33 @@
 # % label: Momentum of the moving average of the weights that is kept (0: none)
 # % description: Each step adds 1 - ema of the new weights to the average; validation, the kept epoch and the bundle use the average
 # % guisection: Training
+# %end
+# %option
+# % key: decision
+# % type: string
+# % required: no
+# % answer: argmax
+# % options: argmax,macro_f1,class_f1,class_recall
+# % label: Decision rule of the class maps, learnt on the validation patches
+# % description: A bias per class added to the log-probabilities before the most probable class is taken; stored in the bundle, applied by i.ann.classify
+# % descriptions: argmax;the most probable class;macro_f1;class biases with the highest validation macro F1;class_f1;the bias of decision_class with its highest validation F1;class_recall;the smallest bias of decision_class that reaches decision_recall
+# % guisection: Decision
+# %end
+# %option
+# % key: decision_class
+# % type: string
+# % required: no
+# % label: Class of decision=class_f1 or class_recall (value or label)
+# % guisection: Decision
+# %end
+# %option
+# % key: decision_recall
+# % type: double
+# % required: no
+# % answer: 0.5
+# % label: Validation recall decision=class_recall aims at
+# % options: 0-1
+# % guisection: Decision
 # %end
 # %option
 # % key: monitor
@@ -358,6 +385,9 @@ def training_settings(options, flags):
         freeze=listed("freeze"),
         dataset_statistics=flags["n"],
         precision=options["precision"],
+        decision=options["decision"],
+        decision_class=options["decision_class"] or None,
+        decision_recall=float(options["decision_recall"]),
     )
 
 

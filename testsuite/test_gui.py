@@ -43,7 +43,7 @@ EXPECTED = {
         "required": ["output"],
     },
     "i.ann.train": {
-        "tabs": ["Input", "Output", "Network", "Training", "Import"],
+        "tabs": ["Input", "Output", "Network", "Training", "Decision", "Import"],
         "options": {
             "input": "Input",
             "bands": "Input",
@@ -64,6 +64,9 @@ EXPECTED = {
             "loss": "Training",
             "augmentation": "Training",
             "precision": "Training",
+            "decision": "Decision",
+            "decision_class": "Decision",
+            "decision_recall": "Decision",
         },
         "flags": {"n": "Network", "r": "Training"},
         "required": [],
@@ -97,6 +100,7 @@ EXPECTED = {
             "s": "Output",
             "e": "Accuracy",
             "g": "Processing",
+            "a": "Output",
         },
         # model and output are checked by the module (output is not needed
         # with -e), so the parser requires none of them.

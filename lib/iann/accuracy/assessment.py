@@ -108,12 +108,14 @@ def assess(
     model=None,
     temporary_maps=None,
     mapped_areas=None,
+    decision=None,
 ):
     """Print the accuracy report; write it as JSON and a plot when asked.
 
     `reference` is the full name of an integer raster map or a
     VectorReference (see reference_raster); `mapped_areas` are those of
-    mapped_areas_of(classified), when the caller has them already.
+    mapped_areas_of(classified), when the caller has them already;
+    `decision` says which decision rule made the map.
     """
     temporary_maps = [] if temporary_maps is None else temporary_maps
     truth = reference_raster(reference, temporary_maps)
@@ -144,6 +146,8 @@ def assess(
         report["reference_cells"] = _("cells of the region under the vector's features")
     if model:
         report["model"] = os.path.abspath(model)
+    if decision:
+        report["decision_rule"] = decision
     print(format_report(report))
     if report["unseen_reference_classes"]:
         gs.warning(

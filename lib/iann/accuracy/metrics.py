@@ -239,6 +239,8 @@ def format_report(report):
         ),
         "",
     ]
+    if report.get("decision_rule"):
+        lines[-1:-1] = ["Class map:        {}".format(report["decision_rule"])]
     width = max([5] + [len(c["label"]) for c in report["classes"]])
     lines += _table(
         "{:>6}  {:<{w}}  {:>9}  {:>6}  {:>6}  {:>9}",

@@ -2,8 +2,8 @@
 
 - model.keras: the trained Keras model (the best epoch);
 - metadata.json: bands, classes (value, label, colour), normalisation,
-  receptive field, architecture and parameters, training history, and the
-  dataset's provenance;
+  receptive field, architecture and parameters, training history, the
+  decision rule (optional), and the dataset's provenance;
 - model.onnx (optional): the same network for ONNX Runtime, OpenVINO and
   QGIS (predict/onnx_export.py);
 - architecture.py (optional): a copy of a user's architecture file,
@@ -65,7 +65,10 @@ class BundleMetadata(JsonMetadata):
     # An imported model's record (predict/onnx_import.py): source file and
     # SHA-256, fixed input size, output kind, how the margin was found.
     imported: dict = None
-    LEFT_OUT_WHEN_NONE = ("onnx", "imported")
+    # The decision rule learnt on the validation patches (predict/decision.py):
+    # the rule, a bias per class, the validation figures; None: argmax.
+    decision: dict = None
+    LEFT_OUT_WHEN_NONE = ("onnx", "imported", "decision")
 
     @property
     def input_size(self):

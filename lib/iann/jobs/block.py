@@ -185,7 +185,7 @@ def remove_file(path):
 
 def process_engine(job):
     """The job's engine, loaded once for all the blocks of this process."""
-    key = (job.bundle, job.engine, job.precision, job.threads)
+    key = (job.bundle, job.engine, job.precision, job.threads, job.settings.class_scale)
     if _PROCESS["engine_key"] != key:
         if job.engine == "keras" and "tensorflow" not in sys.modules:
             # The process's share of the cores, read by TensorFlow at start.
@@ -201,7 +201,12 @@ def process_engine(job):
 
         metadata = read_bundle_metadata(job.bundle)
         _PROCESS["engine"] = load_engine(
-            job.bundle, metadata, job.engine, job.threads, job.precision
+            job.bundle,
+            metadata,
+            job.engine,
+            job.threads,
+            job.precision,
+            job.settings.class_scale,
         )
         _PROCESS["engine_key"] = key
         _PROCESS["loads"] += 1

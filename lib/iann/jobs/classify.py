@@ -52,6 +52,7 @@ from iann.jobs.store import (
 )
 from iann.nn.devices import usable_precision
 from iann.nn.normalise import bundle_transform
+from iann.predict.decision import class_scale, rule_description
 from iann.predict.engines import choose_engine
 from iann.predict.pipeline import PredictionSettings
 from iann.predict.tiling import (
@@ -87,6 +88,8 @@ class ClassifyRequest:
     nprocs: int = 1
     scheduler: str = None
     gpu: bool = False
+    # The most probable class, whatever decision rule the bundle has.
+    argmax: bool = False
     overwrite: bool = False
 
 
@@ -177,6 +180,11 @@ def plan(request, temporary_maps):
         uncertainty=request.uncertainty_method if request.uncertainty else None,
         batch=request.batch,
         input_size=metadata.input_size,
+        class_scale=(
+            class_scale(metadata.decision["bias"])
+            if metadata.decision and not request.argmax
+            else None
+        ),
     )
     mask = current_mask()
     n_outputs = 1 + (1 if request.uncertainty else 0)
@@ -413,6 +421,15 @@ def combined_ranges(results, n_maps):
     return ranges
 
 
+def decision_text(metadata, request):
+    """Which decision rule makes the class map, in words."""
+    if request.argmax and metadata.decision:
+        return _(
+            "argmax of the probabilities (-a: the bundle's rule {} not applied)"
+        ).format(metadata.decision["rule"])
+    return rule_description(None if request.argmax else metadata.decision)
+
+
 def finish_job(job_plan, request, results, temporary_maps):
     """Ranges, the object map, metadata, and the outputs renamed."""
     job = job_plan.job
@@ -446,11 +463,21 @@ def finish_job(job_plan, request, results, temporary_maps):
             [r.name for r in job.probabilities], request.segments, job.region["rows"]
         )
         write_segment_classes(
-            objects, request.segments, sums, job.settings.values, job.region["rows"]
+            objects,
+            request.segments,
+            sums,
+            job.settings.values,
+            job.region["rows"],
+            job.settings.class_scale,
         )
         temporary.classes = objects
     renamed = finish(
-        temporary, final, job_plan.metadata, history, request.uncertainty_method
+        temporary,
+        final,
+        job_plan.metadata,
+        history,
+        request.uncertainty_method,
+        description="Classes: " + decision_text(job_plan.metadata, request),
     )
     for name in renamed:
         if name in temporary_maps:

@@ -15,6 +15,7 @@ import grass.script as gs
 
 from iann.grass import CELL_NULL
 from iann.grass.rasters import RowReader, RowWriter, read_int_rows, read_rows
+from iann.predict.decision import decide
 
 
 @dataclass
@@ -44,8 +45,8 @@ class OutputMaps:
         )
 
 
-def write_class_metadata(output, metadata, title, history):
-    """Categories, colours, title and history of a classified map."""
+def write_class_metadata(output, metadata, title, history, description=None):
+    """Categories, colours, title, history and description of a classified map."""
     categories = "\n".join(
         "{}|{}".format(c["value"], c["label"]) for c in metadata.classes
     )
@@ -61,16 +62,27 @@ def write_class_metadata(output, metadata, title, history):
     if colors:
         rules = "\n".join("{} {}".format(c["value"], c["color"]) for c in colors)
         gs.write_command("r.colors", map=output, rules="-", stdin=rules, quiet=True)
-    gs.run_command("r.support", map=output, title=title, history=history, quiet=True)
+    gs.run_command(
+        "r.support",
+        map=output,
+        title=title,
+        history=history,
+        description=description,
+        quiet=True,
+    )
 
 
-def finish(temporary, final, metadata, history, uncertainty_method):
-    """Metadata on the temporary maps, then rename them to the final names."""
+def finish(temporary, final, metadata, history, uncertainty_method, description=None):
+    """Metadata on the temporary maps, then rename them to the final names.
+
+    `description` goes to the class map's (r.info's "Data Description").
+    """
     write_class_metadata(
         temporary.classes,
         metadata,
         title="Land cover classified by i.ann ({})".format(metadata.architecture),
         history=history,
+        description=description,
     )
     for name, c in zip(temporary.probabilities, metadata.classes):
         gs.run_command(
@@ -133,13 +145,14 @@ def segment_sums(probability_maps, segments, rows, chunk=256):
     return sums
 
 
-def write_segment_classes(output, segments, sums, values, rows):
-    """Object-based map: each segment gets its class of highest mean probability.
+def write_segment_classes(output, segments, sums, values, rows, class_scale=None):
+    """Object-based map: each segment gets its class of highest mean probability
+    (times `class_scale`, the decision rule's factors, where given).
 
     Cells outside segments, or of segments without data, are NULL.
     """
     ids = np.array(sorted(sums), dtype=np.int64)
-    best = np.array([values[np.argmax(sums[i])] for i in ids], np.int32)
+    best = np.array([values[decide(sums[i], class_scale)] for i in ids], np.int32)
     with RowReader(segments) as reader, RowWriter(output, "CELL") as writer:
         for row in range(rows):
             line = read_int_rows(reader, row, row + 1)[0]

@@ -88,6 +88,7 @@ def job_identity(request, region, bands, mask, settings, engine, block_size):
         "augment": settings.augment,
         "probabilities": settings.probabilities,
         "uncertainty": settings.uncertainty,
+        "class_scale": settings.class_scale,
         "engine": engine,
         "precision": request.precision,
         "block_size": block_size,

@@ -46,13 +46,14 @@ class KerasEngine:
 
     name = "keras"
 
-    def __init__(self, model, lean=True):
+    def __init__(self, model, lean=True, class_scale=None):
         from iann.nn.architectures import fcn_for_prediction
         from iann.predict.onnx_export import channels_first_model
 
         form = (fcn_for_prediction(model) if lean else None) or model
         self.model = channels_first_model(form, model.input_shape[-1])
         self.classes_model = None
+        self.class_scale = class_scale
 
     def predict(self, tiles):
         out = self.model.predict_on_batch(tiles)
@@ -62,9 +63,22 @@ class KerasEngine:
         if self.classes_model is None:
             import keras
 
-            argmax = keras.layers.Lambda(
-                lambda p: keras.ops.argmax(p, axis=1), name="classes"
+            scale = (
+                None
+                if self.class_scale is None
+                else keras.ops.reshape(
+                    keras.ops.convert_to_tensor(self.class_scale, "float32"),
+                    (1, -1, 1, 1),
+                )
             )
+
+            def decide(p):
+                # The decision rule (predict/decision.py): argmax(p * scale).
+                if scale is not None:
+                    p = keras.ops.cast(p, "float32") * scale
+                return keras.ops.argmax(p, axis=1)
+
+            argmax = keras.layers.Lambda(decide, name="classes")
             self.classes_model = keras.Model(
                 self.model.input, argmax(self.model.output)
             )
@@ -76,7 +90,7 @@ class OnnxRuntimeEngine:
 
     name = "onnx"
 
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, class_scale=None):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -89,7 +103,9 @@ class OnnxRuntimeEngine:
         # from 3.6 GB to 1.9 GB for fcn-32 on 1074-cell tiles, no slower.
         options.enable_mem_pattern = False
         self.session = onnxruntime.InferenceSession(
-            engine_model(path), options, providers=["CPUExecutionProvider"]
+            engine_model(path, class_scale),
+            options,
+            providers=["CPUExecutionProvider"],
         )
         self.input = self.session.get_inputs()[0].name
         self.probabilities = self.session.get_outputs()[0].name
@@ -109,7 +125,7 @@ class OpenVinoEngine:
 
     name = "openvino"
 
-    def __init__(self, path, threads):
+    def __init__(self, path, threads, class_scale=None):
         import io
 
         import openvino
@@ -122,7 +138,7 @@ class OpenVinoEngine:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         }
-        model = core.read_model(io.BytesIO(engine_model(path)))
+        model = core.read_model(io.BytesIO(engine_model(path, class_scale)))
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.threads = threads
@@ -315,14 +331,18 @@ def fallback(folder, problem):
     return EngineChoice("keras", problem, warning)
 
 
-def load_engine(folder, metadata, name, threads=1, precision="float32"):
-    """The engine `name` (keras, onnx, openvino) of the bundle in `folder`."""
+def load_engine(
+    folder, metadata, name, threads=1, precision="float32", class_scale=None
+):
+    """The engine `name` (keras, onnx, openvino) of the bundle in `folder`;
+    its class maps multiply the probabilities by `class_scale` (the
+    decision rule, predict/decision.py) before the argmax."""
     if name == "keras":
         from iann.nn.saving import load_model
 
         model = load_model(folder, metadata, precision)
-        return KerasEngine(model, lean=precision == "float32")
-    return ENGINE_CLASSES[name](os.path.join(folder, ONNX_FILE), threads)
+        return KerasEngine(model, lean=precision == "float32", class_scale=class_scale)
+    return ENGINE_CLASSES[name](os.path.join(folder, ONNX_FILE), threads, class_scale)
 
 
 ENGINE_CLASSES = {"onnx": OnnxRuntimeEngine, "openvino": OpenVinoEngine}

@@ -152,7 +152,7 @@ def set_spatial_dimensions(model, size=None):
                 dim.dim_value = int(size)
 
 
-def engine_model(path):
+def engine_model(path, class_scale=None):
     """model.onnx as i.ann's engines run it, as bytes (the file is not changed).
 
     An i.ann bundle's own network gets free height and width and loses the
@@ -160,10 +160,11 @@ def engine_model(path):
     index of each cell: an ArgMax over the probabilities' channel axis,
     computed by the engine where the probabilities are made (in its
     threads, while they are in its caches) when a job needs the classes
-    alone.
+    alone. With `class_scale` (the decision rule, predict/decision.py) the
+    ArgMax is of the probabilities times the scale of each class.
     """
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(path)
     properties = {p.key: p.value for p in model.metadata_props}
@@ -171,10 +172,20 @@ def engine_model(path):
         without_nodata_fill(model)
         set_spatial_dimensions(model, None)
     probabilities = model.graph.output[0].name
-    model.graph.node.append(
-        helper.make_node(
-            "ArgMax", [probabilities], [CLASSES_OUTPUT], axis=1, keepdims=0
+    decided = probabilities
+    if class_scale is not None:
+        decided = "decision/scaled"
+        model.graph.initializer.append(
+            numpy_helper.from_array(
+                np.asarray(class_scale, np.float32).reshape(1, -1, 1, 1),
+                "decision/scale",
+            )
         )
+        model.graph.node.append(
+            helper.make_node("Mul", [probabilities, "decision/scale"], [decided])
+        )
+    model.graph.node.append(
+        helper.make_node("ArgMax", [decided], [CLASSES_OUTPUT], axis=1, keepdims=0)
     )
     dims = [
         d.dim_param or d.dim_value

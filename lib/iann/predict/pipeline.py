@@ -27,6 +27,7 @@ import numpy as np
 from iann.grass import CELL_NULL
 from iann.nn.augmentation import dihedral, undo_dihedral
 from iann.nn.normalise import standardise_bands
+from iann.predict.decision import decide
 from iann.predict.tiling import tile_row_windows, tile_windows
 
 UNCERTAINTY_METHODS = ("entropy", "margin")
@@ -46,6 +47,8 @@ class PredictionSettings:
     uncertainty: str = None
     batch: int = 1
     input_size: int = None  # a network that takes tiles of this side only
+    # The decision rule's factor per class (predict/decision.py); None: argmax.
+    class_scale: tuple = None
 
 
 @dataclass
@@ -222,7 +225,7 @@ def predict_tile_row(engine, settings, data, nulls, written, read, tile_size, st
             kept = tile_output[:, r0:r1, c0:c1]
             # The network's output has no NaN (NULL inputs are the band
             # mean): NULL cells are set once the classes are taken.
-            best = np.argmax(kept, axis=0)
+            best = decide(kept, settings.class_scale)
             if probabilities is not None:
                 probabilities[:, :, a:b] = kept
                 if with_nulls:

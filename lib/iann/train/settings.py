@@ -43,6 +43,9 @@ class TrainingSettings:
     freeze: list = None
     dataset_statistics: bool = False
     precision: str = "float32"
+    decision: str = "argmax"
+    decision_class: str = None
+    decision_recall: float = 0.5
 
     @classmethod
     def of(cls, settings=None):
@@ -171,3 +174,18 @@ def read_class_weight_file(path, classes):
             )
         )
     return np.array([given[c["value"]] for c in classes], dtype=np.float32)
+
+
+def class_index(name, classes):
+    """Index of the class named by its value or its label, or a clear error."""
+    for index, record in enumerate(classes):
+        if str(name).strip() in (str(record["value"]), str(record.get("label"))):
+            return index
+    raise IannError(
+        _("Unknown class <{}>: the dataset's classes are {}").format(
+            name,
+            ", ".join(
+                "{} ({})".format(c["value"], c.get("label") or "") for c in classes
+            ),
+        )
+    )
