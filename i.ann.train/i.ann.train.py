@@ -283,6 +283,13 @@
 # % description: For bundles written without one; replaces an existing model.onnx only with --overwrite
 # % guisection: Output
 # %end
+# %option G_OPT_M_DIR
+# % key: decide
+# % required: no
+# % label: Only learn the decision rule of this existing model bundle (no training)
+# % description: On the validation patches of input, by decision=; replaces an existing rule only with --overwrite
+# % guisection: Decision
+# %end
 # %option G_OPT_F_INPUT
 # % key: import
 # % required: no
@@ -329,7 +336,9 @@
 # %rules
 # % required: input, export, import
 # % exclusive: input, export, import
-# % requires: input, output
+# % requires: input, output, decide
+# % exclusive: output, decide
+# % requires: decide, input
 # % requires: import, output
 # % exclusive: export, output
 # % requires: freeze, pretrained
@@ -433,6 +442,28 @@ def import_model(options):
     )
 
 
+def decide(options, flags):
+    """The decision rule of an existing bundle, learnt anew (decide=)."""
+    from iann.train.decision import add_decision_rule
+
+    metadata = add_decision_rule(
+        options["decide"],
+        options["input"],
+        training_settings(options, flags),
+        gs.overwrite(),
+    )
+    if metadata.decision is None:
+        gs.message(
+            _("Bundle <{}> maps the most probable class").format(options["decide"])
+        )
+    else:
+        gs.message(
+            _("Decision rule {} written to <{}>").format(
+                metadata.decision["rule"], options["decide"]
+            )
+        )
+
+
 def main(options, flags):
     from iann.errors import IannError
     from iann.formats.folders import atomic_folder, check_new_file, check_new_folder
@@ -452,6 +483,8 @@ def main(options, flags):
         if options["import"]:
             import_model(options)
             return
+        if options["decide"]:
+            return decide(options, flags)
         output = check_new_folder(options["output"], gs.overwrite(), _("Model bundle"))
         plot = options["plot"]
         if plot:

@@ -67,6 +67,7 @@ EXPECTED = {
             "decision": "Decision",
             "decision_class": "Decision",
             "decision_recall": "Decision",
+            "decide": "Decision",
         },
         "flags": {"n": "Network", "r": "Training"},
         "required": [],

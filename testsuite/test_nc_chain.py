@@ -140,6 +140,44 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
     labels = gs.read_command("r.category", map="landcover", separator="pipe")
     assert "5|forest" in labels
     deepness_gives_the_same_classes(tmp_path / "model", "landcover", tmp_path)
+    decision_rule_example(tmp_path)
+
+
+def decision_rule_example(tmp_path):
+    """The manual's rule for agriculture, run as printed on the chain's
+    bundle and patches ($HOME/i.ann-demo in the manual)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "i.ann-demo").symlink_to(tmp_path)
+    gs.mapcalc("landclass96_heldout = heldout_ref", quiet=True)
+    command = manual_block(
+        "i.ann.train/i.ann.train.html", "the class that matters</h3>"
+    )
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(home)),
+    )
+    assert result.returncode == 0, result.stderr
+    decision = json.loads((tmp_path / "model" / "metadata.json").read_text())[
+        "decision"
+    ]
+    agriculture = 1  # the class index of value 2
+    assert decision["rule"] == "class_recall" and decision["target_class"] == 1
+    assert decision["bias"][agriculture] > 0
+    assert sum(1 for b in decision["bias"] if b) == 1
+    # A positive bias of one class only moves cells to that class.
+    with_rule = read_map("landcover_agriculture", null=0, dtype=np.int32)
+    plain = read_map("landcover_argmax", null=0, dtype=np.int32)
+    np.testing.assert_array_equal(plain, read_map("landcover", null=0, dtype=np.int32))
+    changed = with_rule != plain
+    assert changed.any() and (with_rule[changed] == 2).all()
+    # Both accuracy reports were printed, the first naming the rule.
+    assert result.stdout.count("Overall accuracy") == 2
+    assert "class biases (class_recall" in " ".join(result.stdout.split())
 
 
 def deepness_gives_the_same_classes(bundle, classified, tmp_path):

@@ -406,3 +406,64 @@ def test_overlap_loss_trains_and_its_bundle_loads(synthetic_patches, tmp_path, l
     model = keras.saving.load_model(tmp_path / "m" / "model.keras")
     assert isinstance(model.loss, CrossEntropyWithOverlap)
     assert model.loss.overlap == ("lovasz" if loss == "lovasz" else "tversky")
+
+
+def test_rule_learnt_anew_for_an_existing_bundle(
+    thin_bundle, synthetic_patches, tmp_path
+):
+    """i.ann.train decide=: a class_recall rule on the bundle's validation
+    patches, checked against Keras' probabilities and scikit-learn; an
+    existing rule kept without --overwrite; decision=argmax removes it."""
+    import shutil
+
+    import keras
+    from sklearn.metrics import recall_score
+
+    source, bands, _messages = thin_bundle
+    bundle = tmp_path / "model"
+    shutil.copytree(source, bundle)
+    patches = source.parent / "patches"
+    before = (bundle / "metadata.json").read_bytes()
+    options = dict(
+        decide=bundle,
+        input=patches,
+        decision="class_recall",
+        decision_class=THIN,
+        decision_recall=0.9,
+    )
+    assert_fails(run("i.ann.train", **options), str(bundle), "--overwrite")
+    assert (bundle / "metadata.json").read_bytes() == before
+    assert_fails(
+        run("i.ann.train", "overwrite", **dict(options, input=synthetic_patches)),
+        "has no band <thin_b1",
+    )
+    assert (bundle / "metadata.json").read_bytes() == before
+    run_ok("i.ann.train", "overwrite", **options)
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    decision = metadata["decision"]
+    assert decision["rule"] == "class_recall" and decision["target_class"] == 2
+    bias = np.array(decision["bias"])
+    assert bias[0] == bias[1] == 0 and bias[2] > 0
+    # The oracle: Keras' probabilities of the standardised validation
+    # patches, scikit-learn's recall of the thin class with that bias.
+    model = keras.saving.load_model(bundle / "model.keras", compile=False)
+    images = np.load(patches / "validation_images.npy").astype(np.float32)
+    labels = np.load(patches / "validation_labels.npy")
+    mean = np.array(metadata["normalisation"]["mean"], np.float32)
+    std = np.array(metadata["normalisation"]["std"], np.float32)
+    p = model.predict((images - mean) / std, verbose=0)[labels != 255]
+    truth = labels[labels != 255]
+
+    def recall(value):
+        predicted = np.argmax(np.log(p) + [0, 0, value], -1)
+        return recall_score(truth, predicted, labels=[2], average=None)[0]
+
+    assert recall(bias[2]) >= 0.9 > recall(bias[2] - 0.25)
+    assert decision["tuned"]["recall"][2] == pytest.approx(recall(bias[2]), abs=1e-3)
+    # decision=argmax takes the rule out: the map is that of -a.
+    run_ok("i.ann.train", "overwrite", decide=bundle, input=patches, decision="argmax")
+    assert "decision" not in json.loads((bundle / "metadata.json").read_text())
+    gs.run_command("g.mapset", mapset="thin_classes", quiet=True)
+    run_ok("i.ann.classify", input=",".join(bands), model=bundle, output="no_rule")
+    run_ok("i.ann.classify", "a", input=",".join(bands), model=source, output="a_rule")
+    np.testing.assert_array_equal(read_map("no_rule"), read_map("a_rule"))

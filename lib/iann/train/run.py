@@ -19,7 +19,7 @@ import keras
 from iann import __version__
 from iann.errors import IannError
 from iann.formats.bundle import BundleMetadata
-from iann.formats.dataset import UNLABELLED, DatasetMetadata, load_dataset
+from iann.formats.dataset import DatasetMetadata, load_dataset
 from iann.nn.architectures import (
     ARCHITECTURES,
     build_model,
@@ -36,6 +36,7 @@ from iann.predict.tiling import tiling_margin
 from iann.train.batches import EpochOrder, PatchSequence
 from iann.train.callbacks import GrassProgress, MallocTuning
 from iann.train.checkpoints import Checkpoint, restore_checkpoint, resumable_state
+from iann.train.decision import check_decision_settings, decision_rule
 from iann.train.devices import (
     data_parallel_scope,
     precision_policy,
@@ -43,13 +44,7 @@ from iann.train.devices import (
     training_precision,
 )
 from iann.train.epoch_metrics import MONITORS, ValidationMetrics
-from iann.predict.decision import MAXIMUM_CELLS, RULES, learn_rule
-from iann.train.settings import (
-    TrainingSettings,
-    class_index,
-    class_weights_for,
-    select_bands,
-)
+from iann.train.settings import TrainingSettings, class_weights_for, select_bands
 from iann.train.transfer import pretrained_architecture, transfer_weights
 
 
@@ -126,20 +121,7 @@ def prepare(dataset, settings):
     patch_size = int(data_meta.patch_size)
     if settings.loss not in LOSSES:
         raise IannError(_("Unknown loss <{}>").format(settings.loss))
-    if settings.decision not in RULES:
-        raise IannError(_("Unknown decision rule <{}>").format(settings.decision))
-    if settings.decision in ("class_f1", "class_recall"):
-        if not settings.decision_class:
-            raise IannError(
-                _("decision={} needs decision_class=").format(settings.decision)
-            )
-        class_index(settings.decision_class, data_meta.classes)
-    if not 0 < settings.decision_recall <= 1:
-        raise IannError(
-            _("decision_recall= must be above 0 and at most 1, not {}").format(
-                settings.decision_recall
-            )
-        )
+    check_decision_settings(settings, data_meta.classes)
     if settings.optimizer not in OPTIMIZERS:
         raise IannError(_("Unknown optimizer <{}>").format(settings.optimizer))
     if settings.freeze and not settings.pretrained:
@@ -409,86 +391,15 @@ def train(dataset, settings=None, checkpoint=None, resume=False):
     metadata = bundle_metadata(
         dataset, settings, ready, progress, class_weights, transform, receptive
     )
-    metadata.decision = decision_rule(model, ready, settings, transform)
+    metadata.decision = decision_rule(
+        model,
+        ready.data_meta.classes,
+        ready.arrays,
+        None if ready.all_bands else ready.band_indices,
+        transform,
+        settings,
+    )
     return model, metadata
-
-
-def validation_cells(model, ready, settings, transform):
-    """Probabilities (cells, classes) and class indices of the labelled
-    validation cells, every k-th of them beyond MAXIMUM_CELLS."""
-    labels = ready.arrays["validation_labels"]
-    labelled = int(np.count_nonzero(np.asarray(labels) != UNLABELLED))
-    step = max(1, -(-labelled // MAXIMUM_CELLS))
-    _train, sequence = patch_sequences(
-        ready, settings, transform, np.ones(len(ready.data_meta.classes)), 0
-    )
-    probabilities, indices = [], []
-    for index in range(len(sequence)):
-        x = sequence[index][0]
-        p = np.asarray(model.predict_on_batch(x), dtype=np.float32)
-        codes = np.asarray(
-            labels[index * sequence.batch_size : index * sequence.batch_size + len(x)]
-        )
-        keep = codes != UNLABELLED
-        probabilities.append(p[keep][::step])
-        indices.append(codes[keep][::step].astype(np.int64))
-    return np.concatenate(probabilities), np.concatenate(indices)
-
-
-def decision_rule(model, ready, settings, transform):
-    """The bundle's decision rule (predict/decision.py), learnt on the
-    validation patches with the kept weights; None for argmax."""
-    if settings.decision == "argmax":
-        return None
-    if not len(ready.arrays["validation_images"]):
-        gs.warning(
-            _(
-                "The dataset has no validation patches: decision={} cannot be "
-                "learnt; the bundle's maps take the most probable class"
-            ).format(settings.decision)
-        )
-        return None
-    classes = ready.data_meta.classes
-    target = None
-    if settings.decision in ("class_f1", "class_recall"):
-        target = class_index(settings.decision_class, classes)
-    probabilities, labels = validation_cells(model, ready, settings, transform)
-    rule = learn_rule(
-        probabilities,
-        labels,
-        settings.decision,
-        target,
-        settings.decision_recall if settings.decision == "class_recall" else None,
-    )
-    before, after = rule["argmax"], rule["tuned"]
-    gs.message(
-        _(
-            "Decision rule {}: class biases {}; validation macro F1 {:.3f} "
-            "(argmax {:.3f}), overall accuracy {:.3f} (argmax {:.3f})"
-        ).format(
-            settings.decision,
-            ", ".join(
-                "{} {:+.2f}".format(c["value"], b)
-                for c, b in zip(classes, rule["bias"])
-            ),
-            after["macro_f1"],
-            before["macro_f1"],
-            after["overall_accuracy"],
-            before["overall_accuracy"],
-        )
-    )
-    if rule.get("target_reached") is False:
-        gs.warning(
-            _(
-                "Class <{}> does not reach a validation recall of {} with any "
-                "bias tried (it has {} validation cells)"
-            ).format(
-                settings.decision_class,
-                settings.decision_recall,
-                rule["validation_cells_per_class"][target],
-            )
-        )
-    return rule
 
 
 def bundle_metadata(
