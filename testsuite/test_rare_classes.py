@@ -11,7 +11,15 @@ import pytest
 
 import grass.script as gs
 
-from conftest import REPO, assert_fails, read_map, run, run_ok
+from conftest import (
+    REPO,
+    assert_fails,
+    make_synthetic,
+    read_map,
+    run,
+    run_ok,
+    train_bundle,
+)
 
 THIN = 3  # the thin class of the constructed scene
 
@@ -68,6 +76,7 @@ def thin_bundle(grass_session, tmp_path_factory):
         )
     finally:
         gs.run_command("r.mask", flags="r", quiet=True)
+    # run_ok, not conftest.train_bundle: the test reads the run's messages.
     result = run_ok(
         "i.ann.train",
         input=folder / "patches",
@@ -167,8 +176,6 @@ def test_class_maps_follow_the_rule_on_every_engine(thin_bundle):
 def test_bundle_without_a_rule_maps_the_most_probable_class(trained_bundle, mapset):
     """A bundle trained before decision rules existed (no `decision` key)
     classifies as before, with or without -a, and says so."""
-    from conftest import make_synthetic
-
     assert "decision" not in json.loads((trained_bundle / "metadata.json").read_text())
     bands, reference = make_synthetic()
     for name, flags in (("c", ()), ("ca", ("a",))):
@@ -390,16 +397,7 @@ def test_overlap_loss_trains_and_its_bundle_loads(synthetic_patches, tmp_path, l
 
     from iann.nn.losses import CrossEntropyWithOverlap
 
-    run_ok(
-        "i.ann.train",
-        input=synthetic_patches,
-        output=tmp_path / "m",
-        filters=4,
-        epochs=3,
-        batch_size=8,
-        learning_rate=0.01,
-        loss=loss,
-    )
+    train_bundle(synthetic_patches, tmp_path / "m", filters=4, epochs=3, loss=loss)
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     history = meta["training"]["history"]["loss"]
     assert meta["training"]["loss"] == loss and history[-1] < history[0]

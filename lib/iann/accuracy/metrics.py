@@ -92,6 +92,19 @@ def pair_scores(y_true, y_pred, weights, values):
     }
 
 
+def matrix_scores(matrix):
+    """pair_scores of a confusion matrix of class indices (reference in
+    rows, predictions in columns): the accuracy report's figures."""
+    matrix = np.asarray(matrix)
+    y_true, y_pred = np.nonzero(matrix)
+    return pair_scores(
+        y_true,
+        y_pred,
+        matrix[y_true, y_pred].astype(np.float64),
+        list(range(len(matrix))),
+    )
+
+
 def accuracy_report(counter, classes, mapped_cells=None, cell_area=1.0):
     """Overall accuracy, kappa, per-class precision/recall/F1/support, matrix.
 

@@ -21,6 +21,7 @@ argmax(log p + bias) without a logarithm.
 
 import numpy as np
 
+from iann.accuracy.metrics import matrix_scores
 from iann.errors import IannError
 
 RULES = ("argmax", "macro_f1", "class_f1", "class_recall")
@@ -57,34 +58,16 @@ def confusion(labels, predicted, n_classes):
     ).reshape(n_classes, n_classes)
 
 
-def f1_per_class(matrix):
-    """F1 of each class of a confusion matrix (reference in rows); 0 where
-    the class is neither in the reference nor predicted."""
-    true_positive = np.diag(matrix).astype(np.float64)
-    reference = matrix.sum(axis=1)
-    predicted = matrix.sum(axis=0)
-    denominator = reference + predicted
-    return np.where(denominator > 0, 2 * true_positive / np.maximum(denominator, 1), 0)
-
-
-def macro_f1(matrix):
-    """Mean F1 of the classes in the reference or the predictions (as the
-    accuracy report computes it)."""
-    present = (matrix.sum(axis=1) + matrix.sum(axis=0)) > 0
-    return float(f1_per_class(matrix)[present].mean())
-
-
 def figures(log_p, labels, bias):
-    """OA, macro F1 and per-class recall and F1 of the validation cells."""
-    n_classes = log_p.shape[1]
-    matrix = confusion(labels, np.argmax(log_p + bias, axis=1), n_classes)
-    reference = matrix.sum(axis=1)
-    recall = np.where(reference > 0, np.diag(matrix) / np.maximum(reference, 1), 0)
+    """OA, macro F1 and per-class recall and F1 of the validation cells,
+    from the accuracy report's scorer."""
+    matrix = confusion(labels, np.argmax(log_p + bias, axis=1), log_p.shape[1])
+    scores = matrix_scores(matrix)
     return {
-        "overall_accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
-        "macro_f1": macro_f1(matrix),
-        "recall": [float(r) for r in recall],
-        "f1": [float(f) for f in f1_per_class(matrix)],
+        "overall_accuracy": scores["overall_accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "recall": [float(r) for r in scores["recall"]],
+        "f1": [float(f) for f in scores["f1"]],
     }
 
 
@@ -135,8 +118,7 @@ def ascend_macro_f1(log_p, labels, counts):
     bias = np.zeros(n_classes)
 
     def score(candidate):
-        predicted = np.argmax(log_p + candidate, axis=1)
-        return macro_f1(confusion(labels, predicted, n_classes))
+        return figures(log_p, labels, candidate)["macro_f1"]
 
     best = score(bias)
     for _pass in range(PASSES):
@@ -163,8 +145,7 @@ def best_class_f1(log_p, labels, target):
     for value in sorted(BIAS_GRID, key=abs):
         bias = np.zeros(n_classes)
         bias[target] = value
-        predicted = np.argmax(log_p + bias, axis=1)
-        f1 = f1_per_class(confusion(labels, predicted, n_classes))[target]
+        f1 = figures(log_p, labels, bias)["f1"][target]
         if best_f1 is None or f1 > best_f1 + 1e-12:
             best_value, best_f1 = value, f1
     return best_value

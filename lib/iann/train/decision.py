@@ -10,7 +10,7 @@ import numpy as np
 import grass.script as gs
 
 from iann.errors import IannError
-from iann.formats.bundle import write_metadata
+from iann.formats.bundle import read_bundle_metadata, write_metadata
 from iann.formats.dataset import UNLABELLED, load_dataset
 from iann.nn.normalise import bundle_transform
 from iann.predict.decision import MAXIMUM_CELLS, RULES, learn_rule
@@ -147,9 +147,7 @@ def dataset_bands_of(bundle, metadata, data_meta, dataset):
 def add_decision_rule(bundle, dataset, settings, overwrite):
     """Learn (or remove, with decision=argmax) the rule of an existing bundle
     on a dataset's validation patches; metadata.json is replaced in one step."""
-    from iann.nn.saving import load_bundle
-
-    from iann.formats.bundle import read_bundle_metadata
+    from iann.nn.saving import load_model
 
     metadata = read_bundle_metadata(bundle)
     if metadata.imported:
@@ -174,7 +172,7 @@ def add_decision_rule(bundle, dataset, settings, overwrite):
                 dataset
             )
         )
-    _metadata, model = load_bundle(bundle)
+    model = load_model(bundle, metadata)
     all_bands = indices == list(range(len(data_meta.bands)))
     metadata.decision = decision_rule(
         model,

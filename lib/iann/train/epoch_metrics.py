@@ -12,7 +12,7 @@ stopping all see them.
 import keras
 import numpy as np
 
-from iann.accuracy.metrics import pair_scores
+from iann.accuracy.metrics import matrix_scores
 from iann.formats.dataset import UNLABELLED
 
 # What monitor= may name, and whether lower values are better.
@@ -22,22 +22,6 @@ MONITORS = {
     "val_kappa": "max",
     "val_macro_f1": "max",
 }
-
-
-def scores(matrix):
-    """OA, kappa, macro F1 and per-class F1 of a confusion matrix.
-
-    `matrix` has the reference in rows and the predictions in columns; the
-    figures are those of the accuracy report, from the same scorer.
-    """
-    matrix = np.asarray(matrix)
-    y_true, y_pred = np.nonzero(matrix)
-    return pair_scores(
-        y_true,
-        y_pred,
-        matrix[y_true, y_pred].astype(np.float64),
-        list(range(len(matrix))),
-    )
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -73,7 +57,7 @@ class ValidationMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        result = scores(self.confusion())
+        result = matrix_scores(self.confusion())
         if result is None:
             return
         logs["val_overall_accuracy"] = result["overall_accuracy"]
