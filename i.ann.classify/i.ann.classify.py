@@ -128,9 +128,10 @@
 # % type: string
 # % required: no
 # % answer: float32
-# % options: float32,mixed_bfloat16,mixed_float16
-# % label: Numerical precision of the network (Keras engine)
-# % description: Mixed precisions compute in 16 bits, mainly for GPUs; mixed_float16 on a CPU falls back to float32
+# % options: float32,int8,bfloat16,auto,mixed_bfloat16,mixed_float16
+# % label: Numerical precision of the network
+# % description: int8, bfloat16 and auto run on OpenVINO or ONNX Runtime, only where the bundle's check passed on this kind of CPU (i.ann.train inference_precision=), else in float32 with a warning
+# % descriptions: float32;32-bit floating point, every engine;int8;the bundle's int8 model (model.int8.onnx);bfloat16;OpenVINO in bfloat16, on CPUs with native bfloat16;auto;the fastest reduced precision whose check passed on this kind of CPU, else float32;mixed_bfloat16;Keras in mixed bfloat16 (GPUs);mixed_float16;Keras in mixed float16 (GPUs; float32 on a CPU)
 # % guisection: Processing
 # %end
 # %option

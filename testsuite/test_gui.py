@@ -43,7 +43,15 @@ EXPECTED = {
         "required": ["output"],
     },
     "i.ann.train": {
-        "tabs": ["Input", "Output", "Network", "Training", "Decision", "Import"],
+        "tabs": [
+            "Input",
+            "Output",
+            "Network",
+            "Training",
+            "Decision",
+            "Precision",
+            "Import",
+        ],
         "options": {
             "input": "Input",
             "bands": "Input",
@@ -68,6 +76,8 @@ EXPECTED = {
             "decision_class": "Decision",
             "decision_recall": "Decision",
             "decide": "Decision",
+            "inference_precision": "Precision",
+            "calibration_patches": "Precision",
         },
         "flags": {"n": "Network", "r": "Training"},
         "required": [],

@@ -6,6 +6,9 @@
   decision rule (optional), and the dataset's provenance;
 - model.onnx (optional): the same network for ONNX Runtime, OpenVINO and
   QGIS (predict/onnx_export.py);
+- model.int8.onnx (optional): model.onnx quantised to int8, calibrated
+  on training patches, with its checks per kind of CPU
+  (predict/precision.py);
 - architecture.py (optional): a copy of a user's architecture file,
   imported before the model is loaded so that custom layers it registers
   are known.
@@ -34,6 +37,7 @@ BUNDLE_FORMAT_VERSION = 1
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 CUSTOM_ARCHITECTURE = "architecture.py"
 
 
@@ -68,7 +72,11 @@ class BundleMetadata(JsonMetadata):
     # The decision rule learnt on the validation patches (predict/decision.py):
     # the rule, a bias per class, the validation figures; None: argmax.
     decision: dict = None
-    LEFT_OUT_WHEN_NONE = ("onnx", "imported", "decision")
+    # Reduced precisions of the CPU engines (predict/precision.py): the
+    # int8 model's record (file, SHA-256, its model.onnx's, calibration)
+    # and the checks, per precision, engine and kind of CPU.
+    reduced_precision: dict = None
+    LEFT_OUT_WHEN_NONE = ("onnx", "imported", "decision", "reduced_precision")
 
     @property
     def input_size(self):

@@ -50,10 +50,11 @@ from iann.jobs.store import (
     start_job,
     temporary_name,
 )
-from iann.nn.devices import usable_precision
+from iann.nn.devices import accelerators, gpu_present, usable_precision
 from iann.nn.normalise import bundle_transform
 from iann.predict.decision import class_scale, rule_description
 from iann.predict.engines import choose_engine
+from iann.predict.precision import REDUCED_PRECISIONS, choose_precision
 from iann.predict.pipeline import PredictionSettings
 from iann.predict.tiling import (
     block_grid,
@@ -135,11 +136,31 @@ def plan(request, temporary_maps):
         # The job is that of the precision it runs in (its identity too);
         # the caller's request stays as it was.
         request = replace(request, precision=precision)
+    cpu_precision = request.precision in REDUCED_PRECISIONS + ("auto",)
     engine = choose_engine(
-        request.bundle, metadata, request.engine, request.precision, request.gpu
+        request.bundle,
+        metadata,
+        request.engine,
+        "float32" if cpu_precision else request.precision,
+        request.gpu,
     )
     if engine.warning:
         gs.warning(engine.warning)
+    if cpu_precision:
+        precision, why, warning = choose_precision(
+            request.bundle,
+            metadata,
+            request.precision,
+            engine.name,
+            request.gpu
+            or (engine.name == "keras" and gpu_present() and bool(accelerators())),
+        )
+        if warning:
+            gs.warning(warning)
+        say = gs.message if precision != "float32" or warning else gs.verbose
+        say(_("Precision {} ({})").format(precision, why))
+        request = replace(request, precision=precision)
+        engine = replace(engine, precision=precision)
     mean, std = bundle_transform(metadata)
     if request.normalize_image:
         mean, std = image_statistics(bands)

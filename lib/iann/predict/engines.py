@@ -6,6 +6,10 @@
 - onnx: the bundle's model.onnx in ONNX Runtime on the CPU.
 - openvino: the same model.onnx in OpenVINO on the CPU.
 
+The ONNX engines also run in a reduced precision where the bundle's check
+on this kind of CPU passed (predict/precision.py): int8 (model.int8.onnx,
+both engines) and bfloat16 (model.onnx in OpenVINO's bfloat16).
+
 Every engine takes (tiles, bands, rows, cols) float32 standardised tiles
 and returns (tiles, classes, rows, cols) float32 probabilities: channels
 first, as the bands are read and model.onnx is exported (the Keras model,
@@ -23,12 +27,13 @@ or stale model.onnx falls back to Keras with a warning, never a wrong map.
 import importlib
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from iann.errors import IannError
-from iann.formats.bundle import MODEL_FILE, ONNX_FILE, sha256_of
+from iann.formats.bundle import INT8_FILE, MODEL_FILE, ONNX_FILE, sha256_of
 from iann.nn.devices import accelerators, gpu_present
 from iann.predict.onnx_export import (
     CLASSES_OUTPUT,
@@ -90,8 +95,11 @@ class OnnxRuntimeEngine:
 
     name = "onnx"
 
-    def __init__(self, path, threads, class_scale=None):
+    def __init__(self, path, threads, class_scale=None, bfloat16=False):
         import onnxruntime
+
+        if bfloat16:
+            raise IannError(_("ONNX Runtime has no bfloat16 convolutions"))
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
@@ -125,18 +133,19 @@ class OpenVinoEngine:
 
     name = "openvino"
 
-    def __init__(self, path, threads, class_scale=None):
+    def __init__(self, path, threads, class_scale=None, bfloat16=False):
         import io
 
         import openvino
 
         core = openvino.Core()
         # On CPUs with bfloat16 units (AVX512_BF16, AMX) OpenVINO computes in
-        # bfloat16 unless told otherwise: probabilities off by about 1e-2.
+        # bfloat16 unless told otherwise: probabilities off by about 1e-2,
+        # taken only where the bundle's check allows (predict/precision.py).
         config = {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if bfloat16 else "f32",
         }
         model = core.read_model(io.BytesIO(engine_model(path, class_scale)))
         self.compiled = core.compile_model(model, "CPU", config)
@@ -166,6 +175,7 @@ class EngineChoice:
     name: str
     reason: str
     warning: str = None
+    precision: str = "float32"  # of the ONNX engines (predict/precision.py)
 
     def describe(self, threads):
         title = ENGINE_TITLES[self.name]
@@ -176,7 +186,17 @@ class EngineChoice:
             if threads == 1
             else _("{} threads per process").format(threads)
         )
-        return "{} on model.onnx, {} ({})".format(title, per_process, self.reason)
+        model = {
+            "int8": _("{} (int8)").format(INT8_FILE),
+            "bfloat16": _("model.onnx in bfloat16"),
+        }.get(self.precision, ONNX_FILE)
+        return "{} on {}, {} ({})".format(title, model, per_process, self.reason)
+
+
+def engine_version(name):
+    """The version of an engine's package (for the records of checks)."""
+    module = importlib.import_module(ENGINE_PACKAGES.get(name, name))
+    return getattr(module, "__version__", None) or module.get_version()
 
 
 def installed(package):
@@ -336,13 +356,37 @@ def load_engine(
 ):
     """The engine `name` (keras, onnx, openvino) of the bundle in `folder`;
     its class maps multiply the probabilities by `class_scale` (the
-    decision rule, predict/decision.py) before the argmax."""
+    decision rule, predict/decision.py) before the argmax.
+
+    int8 and bfloat16 run only where the bundle's check passed on this
+    kind of CPU: a worker on another kind than the module's machine
+    computes in float32 (the reference the check compares with) and says so.
+    """
     if name == "keras":
         from iann.nn.saving import load_model
 
         model = load_model(folder, metadata, precision)
         return KerasEngine(model, lean=precision == "float32", class_scale=class_scale)
-    return ENGINE_CLASSES[name](os.path.join(folder, ONNX_FILE), threads, class_scale)
+    path = os.path.join(folder, ONNX_FILE)
+    if precision in ("int8", "bfloat16"):
+        from iann.predict.precision import cpu_kind, usable_check
+
+        check, problem = usable_check(folder, metadata, precision, name, cpu_kind())
+        if check is None:
+            # On stderr as GRASS writes warnings: this may be a Dask worker.
+            print(
+                _(
+                    "WARNING: Bundle <{}>: {} not used on {} ({}); computing in float32"
+                ).format(folder, precision, os.uname().nodename, problem),
+                file=sys.stderr,
+                flush=True,
+            )
+            precision = "float32"
+        elif precision == "int8":
+            path = os.path.join(folder, INT8_FILE)
+    return ENGINE_CLASSES[name](
+        path, threads, class_scale, bfloat16=precision == "bfloat16"
+    )
 
 
 ENGINE_CLASSES = {"onnx": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
