@@ -45,6 +45,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -441,6 +442,10 @@ def main():
     parser.add_argument("--splits", default="0,1")
     parser.add_argument("--no-nc", action="store_true")
     parser.add_argument("--no-region", action="store_true")
+    # Each part runs in a process of its own (one GRASS session each): the
+    # rows come back in a JSON file.
+    parser.add_argument("--part", choices=("nc", "region"), help=argparse.SUPPRESS)
+    parser.add_argument("--rows-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.networks = [n for n in args.networks.split(",") if n]
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -457,14 +462,30 @@ def main():
             "{} {} op/cycle/core".format(p, n) for p, n in peak_per_cycle.items() if n
         ),
     )
+    if args.part == "nc":
+        rows = nc_part(args, threads, native_bfloat16)
+    elif args.part == "region":
+        rows = region_part(args, threads, native_bfloat16, peak_per_cycle, clock)
+    if args.part:
+        with open(args.rows_file, "w") as f:
+            json.dump(rows, f)
+        return
     print(about, flush=True)
-    nc_rows = network_rows = module_rows = None
-    if not args.no_nc:
-        nc_rows, runs = nc_part(args, threads, native_bfloat16)
-    if not args.no_region:
-        network_rows, module_rows = region_part(
-            args, threads, native_bfloat16, peak_per_cycle, clock
-        )
+    parts = {}
+    for part in ("nc", "region"):
+        if getattr(args, "no_" + part):
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".json") as rows_file:
+            subprocess.run(
+                [sys.executable, os.path.abspath(__file__)]
+                + sys.argv[1:]
+                + ["--part", part, "--rows-file", rows_file.name],
+                check=True,
+            )
+            with open(rows_file.name) as f:
+                parts[part] = json.load(f)
+    nc_rows, runs = parts.get("nc", (None, 0))
+    network_rows, module_rows = parts.get("region", (None, None))
     print("\n" + about)
     if nc_rows:
         print(

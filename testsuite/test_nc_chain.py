@@ -141,6 +141,7 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
     assert "5|forest" in labels
     deepness_gives_the_same_classes(tmp_path / "model", "landcover", tmp_path)
     decision_rule_example(tmp_path)
+    reduced_precision_examples(tmp_path)
 
 
 def decision_rule_example(tmp_path):
@@ -178,6 +179,69 @@ def decision_rule_example(tmp_path):
     # Both accuracy reports were printed, the first naming the rule.
     assert result.stdout.count("Overall accuracy") == 2
     assert "class biases (class_recall" in " ".join(result.stdout.split())
+
+
+def reduced_precision_examples(tmp_path):
+    """The manuals' reduced precisions, run as printed on the chain's bundle
+    (with the rule of decision_rule_example): i.ann.train's example, then
+    i.ann.classify's with the page's $bands."""
+    home = tmp_path / "home"
+    command = manual_block("i.ann.train/i.ann.train.html", "CPUs that classify</h3>")
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(home)),
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "model" / "metadata.json").read_text())[
+        "reduced_precision"
+    ]
+    assert (tmp_path / "model" / "model.int8.onnx").is_file()
+    engines = {(c["precision"], c["engine"]) for c in record["checks"]}
+    assert {("int8", "openvino"), ("int8", "onnx")} <= engines
+    used = [
+        c
+        for c in record["checks"]
+        if c["passed"] and c["engine"] == "openvino" and c["speed_ratio"] > 1
+    ]
+    messages = " ".join(result.stderr.split())
+    fast = read_map("landcover_fast", null=0, dtype=np.int32)
+    float32 = read_map("landcover_agriculture", null=0, dtype=np.int32)
+    if used:
+        best = max(used, key=lambda c: c["speed_ratio"])
+        assert "Precision {} (checked".format(best["precision"]) in messages
+        assert np.mean(fast == float32) >= 0.995
+    else:
+        np.testing.assert_array_equal(fast, float32)
+    command = manual_block(
+        "i.ann.classify/i.ann.classify.html", "reduced precision on a CPU</h3>"
+    )
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(home), bands=BANDS),
+    )
+    assert result.returncode == 0, result.stderr
+    # engine=auto: OpenVINO
+    (int8,) = [
+        c
+        for c in record["checks"]
+        if (c["precision"], c["engine"]) == ("int8", "openvino")
+    ]
+    messages = " ".join(result.stderr.split())
+    if int8["passed"]:
+        assert "Precision int8 (checked" in messages, messages
+    else:
+        assert "int8 refused" in messages and "classifying in float32" in messages
+        np.testing.assert_array_equal(
+            read_map("landcover_int8", null=0, dtype=np.int32), float32
+        )
 
 
 def deepness_gives_the_same_classes(bundle, classified, tmp_path):

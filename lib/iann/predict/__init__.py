@@ -1,5 +1,6 @@
 """Prediction: the engines that run a bundle's network (Keras, ONNX
-Runtime, OpenVINO), the ONNX export and its check, the tile pipeline
+Runtime, OpenVINO), the ONNX export and its check, the reduced precisions
+(int8, bfloat16) and theirs, the decision rule, the tile pipeline
 that classifies one block from arrays, and where a region is cut into
 blocks and tiles.
 
