@@ -18,7 +18,6 @@ import grass.script as gs
 from conftest import (
     REPO,
     assert_fails,
-    make_synthetic,
     read_map,
     run,
     run_ok,
@@ -41,20 +40,66 @@ def cpu_flags():
 NATIVE_BFLOAT16 = bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def blocky_scene():
+    """Three classes (values 11, 21, 31) in blocks of 9 x 11 cells, each
+    with its own levels of two bands and a little texture: a scene a small
+    network maps with confidence but at the blocks' edges."""
+    block = "(int(row() / 9) * 7 + int(col() / 11) * 3) % 3"
+    gs.mapcalc(
+        "pr_ref = if({b} == 0, 11, if({b} == 1, 21, 31))".format(b=block),
+        overwrite=True,
+        quiet=True,
+    )
+    gs.mapcalc(
+        "pr_b1 = float(if(pr_ref == 11, 60, if(pr_ref == 21, 100, 140))"
+        " + 4 * sin(row() * 123.7 + col() * 71.3))",
+        overwrite=True,
+        quiet=True,
+    )
+    gs.mapcalc(
+        "pr_b2 = float(if(pr_ref == 21, 40, 80)"
+        " + 4 * sin(row() * 47.9 - col() * 151.1))",
+        overwrite=True,
+        quiet=True,
+    )
+    return ["pr_b1", "pr_b2"], "pr_ref"
+
+
 @pytest.fixture(scope="module")
-def synthetic_maps(grass_session):
+def scene(grass_session, tmp_path_factory):
+    """The scene's bands and a dataset of 16 x 16 patches of it."""
     gs.run_command("g.mapset", flags="c", mapset="precision", quiet=True)
     gs.run_command("g.region", n=1800, s=0, e=2400, w=0, res=30, quiet=True)
-    bands, reference = make_synthetic("pr")
-    yield bands, reference
+    bands, reference = blocky_scene()
+    patches = tmp_path_factory.mktemp("precision") / "patches"
+    run_ok(
+        "i.ann.patches",
+        input=",".join(bands),
+        reference=reference,
+        output=patches,
+        size=16,
+        number=120,
+        seed=1,
+    )
+    yield bands, patches
     gs.run_command("g.mapset", mapset="PERMANENT", quiet=True)
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(synthetic_patches, tmp_path_factory):
+def scene_bands(scene):
+    return scene[0]
+
+
+@pytest.fixture(scope="module")
+def scene_patches(scene):
+    return scene[1]
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(scene_patches, tmp_path_factory):
     """A small fcn trained with inference_precision=int8,bfloat16."""
     folder = tmp_path_factory.mktemp("int8") / "model"
-    train_bundle(synthetic_patches, folder, inference_precision="int8,bfloat16")
+    train_bundle(scene_patches, folder, inference_precision="int8,bfloat16")
     return folder
 
 
@@ -88,7 +133,7 @@ def ort_classes(path, x):
 
 
 def test_int8_model_made_checked_and_used(
-    int8_bundle, synthetic_patches, synthetic_maps, tmp_path
+    int8_bundle, scene_patches, scene_bands, tmp_path
 ):
     bundle = int8_bundle
     metadata = metadata_of(bundle)
@@ -99,7 +144,7 @@ def test_int8_model_made_checked_and_used(
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
-    trained = np.load(synthetic_patches / "train_images.npy", mmap_mode="r")
+    trained = np.load(scene_patches / "train_images.npy", mmap_mode="r")
     assert record["int8"]["calibration"]["patches"] == min(256, len(trained))
     checks = {(c["precision"], c["engine"]): c for c in record["checks"]}
     assert {("int8", "openvino"), ("int8", "onnx")} <= set(checks)
@@ -108,7 +153,7 @@ def test_int8_model_made_checked_and_used(
         assert set(check["cpu"].split()) <= cpu_flags() | {"x86_64", "aarch64"}
     # The check's figures against an oracle: the classes of model.onnx and
     # model.int8.onnx in ONNX Runtime, run here, and scikit-learn's kappa.
-    x, labels = validation_tiles(synthetic_patches, metadata)
+    x, labels = validation_tiles(scene_patches, metadata)
     float32 = ort_classes(bundle / "model.onnx", x)
     int8 = ort_classes(bundle / "model.int8.onnx", x)
     keep = labels != 255
@@ -123,7 +168,7 @@ def test_int8_model_made_checked_and_used(
     # On this constructed scene the int8 model passes its own check.
     assert check["passed"] and checks[("int8", "openvino")]["passed"], checks
     # i.ann.classify uses it when asked, and its map agrees with float32's.
-    bands = ",".join(synthetic_maps[0])
+    bands = ",".join(scene_bands)
     run_ok("i.ann.classify", input=bands, model=bundle, output="f32")
     result = run_ok(
         "i.ann.classify", input=bands, model=bundle, output="i8", precision="int8"
@@ -148,8 +193,8 @@ def test_int8_model_made_checked_and_used(
     assert expected in " ".join(result.stderr.split()), result.stderr
 
 
-def test_bfloat16_where_native(int8_bundle, synthetic_maps):
-    bands = ",".join(synthetic_maps[0])
+def test_bfloat16_where_native(int8_bundle, scene_bands):
+    bands = ",".join(scene_bands)
     result = run(
         "i.ann.classify",
         input=bands,
@@ -179,11 +224,11 @@ def constant_calibration_dataset(source, folder):
 
 
 def test_failed_check_is_refused_never_used(
-    int8_bundle, synthetic_patches, synthetic_maps, tmp_path
+    int8_bundle, scene_patches, scene_bands, tmp_path
 ):
     bundle = tmp_path / "model"
     shutil.copytree(int8_bundle, bundle)
-    patches = constant_calibration_dataset(synthetic_patches, tmp_path / "constant")
+    patches = constant_calibration_dataset(scene_patches, tmp_path / "constant")
     result = run_ok(
         "i.ann.train",
         "overwrite",
@@ -195,7 +240,7 @@ def test_failed_check_is_refused_never_used(
     checks = metadata_of(bundle)["reduced_precision"]["checks"]
     int8 = [c for c in checks if c["precision"] == "int8"]
     assert int8 and not any(c["passed"] for c in int8), int8
-    bands = ",".join(synthetic_maps[0])
+    bands = ",".join(scene_bands)
     run_ok("i.ann.classify", input=bands, model=bundle, output="ref32", engine="onnx")
     for precision in ("auto", "int8"):
         result = run_ok(
@@ -215,11 +260,11 @@ def test_failed_check_is_refused_never_used(
 
 
 def test_checks_hold_per_kind_of_cpu_and_model_file(
-    int8_bundle, synthetic_patches, synthetic_maps, tmp_path
+    int8_bundle, scene_patches, scene_bands, tmp_path
 ):
     bundle = tmp_path / "model"
     shutil.copytree(int8_bundle, bundle)
-    bands = ",".join(synthetic_maps[0])
+    bands = ",".join(scene_bands)
     # A check made on another kind of CPU does not hold here ...
     metadata = metadata_of(bundle)
     for check in metadata["reduced_precision"]["checks"]:
@@ -253,7 +298,7 @@ def test_checks_hold_per_kind_of_cpu_and_model_file(
     run_ok(
         "i.ann.train",
         export=bundle,
-        input=synthetic_patches,
+        input=scene_patches,
         inference_precision="int8",
     )
     assert (bundle / "model.int8.onnx").read_bytes() == before
@@ -273,8 +318,8 @@ def test_checks_hold_per_kind_of_cpu_and_model_file(
     assert not gs.find_file("stale", element="cell")["fullname"]
 
 
-def test_bundle_without_reduced_precision(trained_bundle, synthetic_maps):
-    bands = ",".join(synthetic_maps[0])
+def test_bundle_without_reduced_precision(trained_bundle, scene_bands):
+    bands = ",".join(scene_bands)
     run_ok("i.ann.classify", input=bands, model=trained_bundle, output="plain32")
     result = run_ok(
         "i.ann.classify",
@@ -302,8 +347,8 @@ def test_bundle_without_reduced_precision(trained_bundle, synthetic_maps):
     assert "reduced_precision" not in metadata_of(trained_bundle)
 
 
-def test_bad_precision_input(int8_bundle, synthetic_patches, synthetic_maps, tmp_path):
-    bands = ",".join(synthetic_maps[0])
+def test_bad_precision_input(int8_bundle, scene_patches, scene_bands, tmp_path):
+    bands = ",".join(scene_bands)
     # int8 on GPU workers, or on the Keras engine: not supported, said so.
     result = run(
         "i.ann.classify",
@@ -334,7 +379,7 @@ def test_bad_precision_input(int8_bundle, synthetic_patches, synthetic_maps, tmp
     (bundle / "metadata.json").write_text(json.dumps(metadata))
     before = (bundle / "metadata.json").read_bytes()
     few = tmp_path / "few"
-    shutil.copytree(synthetic_patches, few)
+    shutil.copytree(scene_patches, few)
     for name in ("train_images", "train_labels"):
         np.save(few / (name + ".npy"), np.load(few / (name + ".npy"))[:5])
     result = run("i.ann.train", export=bundle, input=few, inference_precision="int8")

@@ -146,8 +146,11 @@ def quantise(onnx_path, output, tiles, batch=16):
         for path in (prepared, prepared + ".data"):
             if os.path.exists(path):
                 os.remove(path)
+    import onnxruntime
+
     return {
         "file": INT8_FILE,
+        "quantiser": "onnxruntime " + onnxruntime.__version__,
         "method": "ONNX Runtime quantize_static, QDQ: int8 weights per "
         "channel (reduce_range), uint8 activations, min-max calibration",
         "seconds": round(time.perf_counter() - started, 2),
