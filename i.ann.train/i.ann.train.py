@@ -420,6 +420,8 @@ def training_settings(options, flags):
         decision=options["decision"],
         decision_class=options["decision_class"] or None,
         decision_recall=float(options["decision_recall"]),
+        inference_precision=listed("inference_precision"),
+        calibration_patches=int(options["calibration_patches"]),
     )
 
 
@@ -487,23 +489,22 @@ def decide(options, flags):
         )
 
 
-def reduced_precisions(options, bundle):
+def reduced_precisions(options, settings, bundle):
     """The reduced precisions asked for, made and checked in `bundle`."""
     from iann.train.precision import add_reduced_precisions
 
-    precisions = [p for p in options["inference_precision"].split(",") if p]
-    if precisions:
+    if settings.inference_precision:
         add_reduced_precisions(
             bundle,
             options["input"],
-            precisions,
-            int(options["calibration_patches"]),
-            int(options["seed"]),
+            settings.inference_precision,
+            settings.calibration_patches,
+            settings.seed,
             gs.overwrite(),
         )
 
 
-def export(options):
+def export(options, flags):
     """model.onnx (export=), and the reduced precisions asked for."""
     from iann.formats.bundle import ONNX_FILE
     from iann.predict.onnx_export import add_onnx_to_bundle
@@ -513,7 +514,7 @@ def export(options):
     if not (options["inference_precision"] and has_onnx):
         seconds = add_onnx_to_bundle(bundle, gs.overwrite())
         gs.message(_("Added {} to <{}> ({:.1f} s)").format(ONNX_FILE, bundle, seconds))
-    reduced_precisions(options, bundle)
+    reduced_precisions(options, training_settings(options, flags), bundle)
 
 
 def main(options, flags):
@@ -522,7 +523,7 @@ def main(options, flags):
 
     try:
         if options["export"]:
-            return export(options)
+            return export(options, flags)
         if options["import"]:
             import_model(options)
             return
@@ -544,7 +545,7 @@ def main(options, flags):
         with atomic_folder(output, gs.overwrite()) as folder:
             metadata, problem = save_bundle(folder, model, metadata)
             if not problem:
-                reduced_precisions(options, folder)
+                reduced_precisions(options, settings, folder)
         if problem:
             gs.warning(
                 _(

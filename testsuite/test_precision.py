@@ -177,6 +177,12 @@ def test_int8_model_made_checked_and_used(
     assert "Precision int8 (checked on this kind of CPU" in messages, messages
     assert "model.int8.onnx (int8)" in messages, messages
     assert "WARNING" not in result.stderr, result.stderr
+    # The map's description names the precision it was made in.
+    for name, precision in (("i8", "int8"), ("f32", "float32")):
+        description = gs.raster_info(name)["description"].strip('"')
+        assert description.endswith(
+            "; network in {} (openvino)".format(precision)
+        ), description
     f32, i8 = read_map("f32"), read_map("i8")
     assert np.mean(f32 == i8) >= 0.995
     # auto takes the fastest precision whose check passed here.

@@ -451,6 +451,11 @@ def decision_text(metadata, request):
     return rule_description(None if request.argmax else metadata.decision)
 
 
+def precision_text(job):
+    """The precision the network ran in (auto resolved), and on which engine."""
+    return "{} ({})".format(job.precision, job.engine)
+
+
 def finish_job(job_plan, request, results, temporary_maps):
     """Ranges, the object map, metadata, and the outputs renamed."""
     job = job_plan.job
@@ -498,7 +503,9 @@ def finish_job(job_plan, request, results, temporary_maps):
         job_plan.metadata,
         history,
         request.uncertainty_method,
-        description="Classes: " + decision_text(job_plan.metadata, request),
+        description="Classes: {}; network in {}".format(
+            decision_text(job_plan.metadata, request), precision_text(job)
+        ),
     )
     for name in renamed:
         if name in temporary_maps:

@@ -70,11 +70,16 @@ def read_checkpoint(folder):
         return None
 
 
+# Settings of what follows the training (train/precision.py): they may
+# change between a run and its resumption.
+AFTER_TRAINING = ("inference_precision", "calibration_patches")
+
+
 def resumable_state(folder, settings):
     """The state of the checkpoint to resume, made with the same `settings`.
 
     `settings` is a dict as saved in the checkpoint; only the number of
-    epochs may differ.
+    epochs may differ, and what is done after training (AFTER_TRAINING).
     """
     state = read_checkpoint(folder) if folder else None
     if state is None:
@@ -82,7 +87,8 @@ def resumable_state(folder, settings):
     changed = [
         key
         for key in settings
-        if key != "epochs" and state["settings"].get(key) != settings[key]
+        if key not in ("epochs",) + AFTER_TRAINING
+        and state["settings"].get(key) != settings[key]
     ]
     if changed:
         raise IannError(

@@ -46,6 +46,9 @@ class TrainingSettings:
     decision: str = "argmax"
     decision_class: str = None
     decision_recall: float = 0.5
+    # Reduced precisions made and checked after training (train/precision.py)
+    inference_precision: list = None
+    calibration_patches: int = 256
 
     @classmethod
     def of(cls, settings=None):
