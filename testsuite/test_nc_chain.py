@@ -144,6 +144,22 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
     reduced_precision_examples(tmp_path)
 
 
+def run_example(page, heading, tmp_path, **variables):
+    """A manual's code block run as printed by a shell in tmp_path, with
+    $HOME/i.ann-demo the chain's folder (tmp_path/home, made by
+    decision_rule_example) and the shell `variables` the page defines."""
+    result = subprocess.run(
+        manual_block(page, heading),
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HOME=str(tmp_path / "home"), **variables),
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def decision_rule_example(tmp_path):
     """The manual's rule for agriculture, run as printed on the chain's
     bundle and patches ($HOME/i.ann-demo in the manual)."""
@@ -151,18 +167,9 @@ def decision_rule_example(tmp_path):
     home.mkdir()
     (home / "i.ann-demo").symlink_to(tmp_path)
     gs.mapcalc("landclass96_heldout = heldout_ref", quiet=True)
-    command = manual_block(
-        "i.ann.train/i.ann.train.html", "the class that matters</h3>"
+    result = run_example(
+        "i.ann.train/i.ann.train.html", "the class that matters</h3>", tmp_path
     )
-    result = subprocess.run(
-        command,
-        shell=True,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HOME=str(home)),
-    )
-    assert result.returncode == 0, result.stderr
     decision = json.loads((tmp_path / "model" / "metadata.json").read_text())[
         "decision"
     ]
@@ -185,17 +192,9 @@ def reduced_precision_examples(tmp_path):
     """The manuals' reduced precisions, run as printed on the chain's bundle
     (with the rule of decision_rule_example): i.ann.train's example, then
     i.ann.classify's with the page's $bands."""
-    home = tmp_path / "home"
-    command = manual_block("i.ann.train/i.ann.train.html", "CPUs that classify</h3>")
-    result = subprocess.run(
-        command,
-        shell=True,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HOME=str(home)),
+    result = run_example(
+        "i.ann.train/i.ann.train.html", "CPUs that classify</h3>", tmp_path
     )
-    assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "model" / "metadata.json").read_text())[
         "reduced_precision"
     ]
@@ -216,18 +215,12 @@ def reduced_precision_examples(tmp_path):
         assert np.mean(fast == float32) >= 0.995
     else:
         np.testing.assert_array_equal(fast, float32)
-    command = manual_block(
-        "i.ann.classify/i.ann.classify.html", "reduced precision on a CPU</h3>"
+    result = run_example(
+        "i.ann.classify/i.ann.classify.html",
+        "reduced precision on a CPU</h3>",
+        tmp_path,
+        bands=BANDS,
     )
-    result = subprocess.run(
-        command,
-        shell=True,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HOME=str(home), bands=BANDS),
-    )
-    assert result.returncode == 0, result.stderr
     # engine=auto: OpenVINO
     (int8,) = [
         c

@@ -350,15 +350,12 @@ def choose_precision(folder, metadata, requested, engine_name, gpu):
             ).format(requested, folder)
         )
     cpu = cpu_kind()
-    if requested == "int8" and int8_problem(folder, metadata):
+    problem = int8_problem(folder, metadata) if requested == "int8" else None
+    if problem:
         raise IannError(
             _(
                 "Model bundle <{}> has no checked int8 model ({}); add one with: {}"
-            ).format(
-                folder,
-                int8_problem(folder, metadata),
-                prepare_command(folder, metadata, "int8"),
-            )
+            ).format(folder, problem, prepare_command(folder, metadata, "int8"))
         )
     if requested == "bfloat16" and engine_name not in PRECISION_ENGINES["bfloat16"]:
         raise IannError(
