@@ -5,7 +5,7 @@ MODULE_TOPDIR ?= $(shell grass --config path 2>/dev/null)
 
 PGM = i.ann
 
-SUBDIRS = lib i.ann.patches i.ann.train i.ann.classify
+SUBDIRS = lib i.ann.patches i.ann.train i.ann.classify i.ann.sample
 
 # The pictures of the suite's page i.ann.html (drawn by demo/make_figures.sh)
 IANN_IMAGES = i_ann_classes.png i_ann_probability.png i_ann_uncertainty.png \

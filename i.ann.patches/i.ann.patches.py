@@ -37,23 +37,23 @@
 # % description: Integer raster map of reference classes (NULL: unlabelled)
 # % guisection: Input
 # %end
-# %option G_OPT_V_INPUT
+# %option G_OPT_V_INPUTS
 # % key: training
 # % required: no
-# % label: Vector map of reference classes (points, lines or areas)
-# % description: Rasterised on the region's grid; cells without a feature are unlabelled
+# % label: Vector maps of reference classes (points, lines or areas)
+# % description: Rasterised on the region's grid (where maps overlap, the first wins); cells without a feature are unlabelled
 # % guisection: Input
 # %end
 # %option G_OPT_V_FIELD
 # % guisection: Input
 # %end
 # %option G_OPT_DB_COLUMN
-# % description: Integer column of the training vector map holding the class values
+# % description: Integer column of the training vector maps holding the class values
 # % guisection: Input
 # %end
 # %option G_OPT_DB_COLUMN
 # % key: label_column
-# % description: Column of the training vector map holding the class names
+# % description: Column of the training vector maps holding the class names
 # % guisection: Input
 # %end
 # %option

@@ -33,7 +33,7 @@ import grass.script.setup as gsetup  # noqa: E402
 # ignored signal, is not inherited across exec: the modules get Python's own.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
-MODULES = ("i.ann.patches", "i.ann.train", "i.ann.classify")
+MODULES = ("i.ann.patches", "i.ann.train", "i.ann.classify", "i.ann.sample")
 
 
 def install_addon(addon_base, env=None):

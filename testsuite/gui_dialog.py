@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODULES = ("i.ann.patches", "i.ann.train", "i.ann.classify")
+MODULES = ("i.ann.patches", "i.ann.train", "i.ann.classify", "i.ann.sample")
 GRASS_PYTHON = "/usr/bin/python3"
 
 

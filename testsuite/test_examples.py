@@ -157,3 +157,61 @@ def test_transfer_walkthrough(nc_project, tmp_path):
     assert image_norm["kappa"] > as_is["kappa"]
     assert tuned["kappa"] > as_is["kappa"] + 0.05
     assert "fine-tuned" in result.stdout
+
+
+def test_labelling_loop(nc_project, tmp_path):
+    """examples/active_nc.sh, tiny: two rounds of proposed points, each
+    labelled from landclass96 where it lies, kept apart from the points
+    labelled before, and all of them in the last training."""
+    gisdb, env = nc_project
+    project = str(gisdb / "nc" / "PERMANENT")
+    result = subprocess.run(
+        ["grass", project, "--exec", "bash", str(REPO / "examples" / "active_nc.sh")]
+        + [str(tmp_path / "work"), "60", "30", "2", "4", "120", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    for round_, points in ((1, 60), (2, 90), (3, 120)):
+        assert "round {}: {} points, kappa".format(round_, points) in result.stdout
+
+    def grass(*command):
+        return subprocess.run(
+            ["grass", project, "--exec", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+
+    xy = {}
+    for name in ("points_0", "points_1", "points_2"):
+        text = grass("v.out.ascii", "input=" + name, "format=point", "separator=pipe")
+        xy[name] = np.array(
+            [[float(v) for v in line.split("|")[:2]] for line in text.split()]
+        )
+        # Each point's class is landclass96's where it lies (r.what).
+        classes = grass("v.db.select", "map=" + name, "columns=class", "-c").split()
+        what = grass(
+            "r.what",
+            "map=landclass96",
+            "separator=pipe",
+            "coordinates=" + ",".join("{},{}".format(x, y) for x, y in xy[name]),
+        ).split()
+        assert [line.split("|")[3] for line in what] == classes
+    assert len(xy["points_1"]) == len(xy["points_2"]) == 30
+    # Proposals keep 3 cells (the default distance) from every point before.
+    from scipy.spatial.distance import cdist
+
+    assert cdist(xy["points_2"], np.vstack([xy["points_0"], xy["points_1"]])).min() >= (
+        3 * 28.5
+    )
+    metadata = json.loads(
+        (tmp_path / "work" / "patches_3" / "metadata.json").read_text()
+    )
+    assert (
+        metadata["reference"]
+        == "points_0@PERMANENT,points_1@PERMANENT,points_2@PERMANENT"
+    )

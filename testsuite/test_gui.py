@@ -117,6 +117,24 @@ EXPECTED = {
         # with -e), so the parser requires none of them.
         "required": [],
     },
+    "i.ann.sample": {
+        "tabs": ["Input", "Sampling", "Output"],
+        "options": {
+            "classified": "Input",
+            "uncertainty": "Input",
+            "training": "Input",
+            "npoints": "Sampling",
+            "distance": "Sampling",
+            "method": "Sampling",
+            "seed": "Sampling",
+            "nprocs": "Sampling",
+            "output": "Output",
+            "column": "Output",
+            "label_column": "Output",
+        },
+        "flags": {},
+        "required": ["classified", "uncertainty", "npoints", "output"],
+    },
 }
 # Tabs GRASS adds to every dialog: the standard flags (--overwrite,
 # --verbose, --quiet, which have no guisection), the run's output, and the

@@ -77,6 +77,15 @@ def test_interface_description_is_valid_xml(grass_session, module):
             "seed",
         },
         "i.ann.classify": {"input", "model", "output", "reference", "report"},
+        "i.ann.sample": {
+            "classified",
+            "uncertainty",
+            "training",
+            "npoints",
+            "distance",
+            "output",
+            "column",
+        },
     }[module]
     assert expected <= keys
 

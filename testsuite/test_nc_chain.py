@@ -142,6 +142,7 @@ def test_chain_on_north_carolina(mapset, nc_data, tmp_path):
     deepness_gives_the_same_classes(tmp_path / "model", "landcover", tmp_path)
     decision_rule_example(tmp_path)
     reduced_precision_examples(tmp_path)
+    labelling_loop_example(tmp_path)
 
 
 def run_example(page, heading, tmp_path, **variables):
@@ -235,6 +236,39 @@ def reduced_precision_examples(tmp_path):
         np.testing.assert_array_equal(
             read_map("landcover_int8", null=0, dtype=np.int32), float32
         )
+
+
+def labelling_loop_example(tmp_path):
+    """i.ann.sample's labelling loop, run as printed: the proposed points lie
+    in the frame, apart from the first points, labelled where they lie, and
+    the second network is trained on both maps."""
+    from scipy.spatial.distance import cdist
+
+    run_example("i.ann.sample/i.ann.sample.html", "labelling loop</h3>", tmp_path)
+    frame = read_map("point_frame", null=0, dtype=np.int32) > 0
+    region = gs.region()
+    xy = {}
+    for name in ("points_0", "points_1"):
+        xy[name] = np.array(
+            [
+                [float(v) for v in line.split("|")[:2]]
+                for line in gs.read_command(
+                    "v.out.ascii", input=name, format="point", separator="pipe"
+                ).split()
+            ]
+        )
+    rows = ((region["n"] - xy["points_1"][:, 1]) // region["nsres"]).astype(int)
+    cols = ((xy["points_1"][:, 0] - region["w"]) // region["ewres"]).astype(int)
+    assert len(rows) == 150 and frame[rows, cols].all()
+    assert cdist(xy["points_1"], xy["points_0"]).min() >= 3 * region["nsres"]
+    landclass = read_map("landclass96", null=0, dtype=np.int32)
+    given = gs.read_command("v.db.select", map="points_1", columns="class", flags="c")
+    assert [int(v) for v in given.split()] == list(landclass[rows, cols])
+    home = tmp_path / "home" / "i.ann-active"
+    metadata = json.loads((home / "patches_2" / "metadata.json").read_text())
+    assert metadata["reference"].startswith("points_0@")
+    assert ",points_1@" in metadata["reference"]
+    assert (home / "model_2" / "model.onnx").is_file()
 
 
 def deepness_gives_the_same_classes(bundle, classified, tmp_path):

@@ -1,7 +1,7 @@
 """i.ann: deep learning for land-cover mapping inside GRASS GIS.
 
-The shared library of the i.ann.patches, i.ann.train and i.ann.classify
-modules, in packages by stage; imports only go down this list:
+The shared library of the i.ann.patches, i.ann.train, i.ann.classify and
+i.ann.sample modules, in packages by stage; imports only go down this list:
 
 - errors.py, malloc.py: the library's error, glibc's heap reuse;
 - formats/: the dataset and the model bundle on disk;
@@ -11,7 +11,8 @@ modules, in packages by stage; imports only go down this list:
 - predict/: engines, ONNX export, the tile pipeline;
 - patches/: cutting a patch dataset;
 - train/: the training run;
-- jobs/: a classification job, in one process or on Dask.
+- jobs/: a classification job, in one process or on Dask;
+- labelling/: the points to label next (i.ann.sample).
 
 Modules that need Keras import it at their top; the module scripts import
 the library only after parsing, so that --help and --interface-description

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grass.script as gs
 
 from iann.errors import IannError
-from iann.grass.rasters import split_name
+from iann.grass.rasters import read_categories, split_name
 from iann.grass.temporary import temporary_map_name
 
 INTEGER_TYPES = ("INTEGER", "SMALLINT", "BIGINT", "INT", "INT4", "INT8")
@@ -52,8 +52,28 @@ def find_vector(name):
     return found
 
 
-def check_vector_reference(name, column, label_column="", layer="1"):
-    """The vector reference, once its map and columns are checked."""
+def check_vector_reference(names, column, label_column="", layer="1"):
+    """The vector reference, once its maps and columns are checked.
+
+    `names` is one map or several, comma-separated (the points of a first
+    campaign and the batches labelled since): each must have the columns
+    and some class values.
+    """
+    checked = [
+        check_one_map(name, column, label_column, layer)
+        for name in names.split(",")
+        if name
+    ]
+    first = checked[0]
+    return VectorReference(
+        ",".join(reference.name for reference in checked),
+        first.column,
+        first.label_column,
+        first.layer,
+    )
+
+
+def check_one_map(name, column, label_column, layer):
     name = find_vector(name)
     connections = gs.vector_db(name)
     try:
@@ -112,11 +132,51 @@ def rasterise(reference, temporary_maps):
     """Rasterise a vector reference on the region's grid: the map to read.
 
     Points and lines mark the cells they fall in or cross, areas the cells
-    whose centre they contain; where features overlap, the last one wins.
-    The temporary map's name is appended to `temporary_maps` first, so the
-    caller removes it even when v.to.rast fails part-way.
+    whose centre they contain; where features overlap, the last one wins,
+    and where the maps of a reference of several overlap, the first map.
+    The temporary maps' names are appended to `temporary_maps` first, so
+    the caller removes them even when v.to.rast fails part-way.
     """
-    output = temporary_map_name("reference")
+    names = reference.name.split(",")
+    if len(names) == 1:
+        return rasterise_map(reference, temporary_maps)
+    parts = [
+        rasterise_map(
+            VectorReference(
+                name, reference.column, reference.label_column, reference.layer
+            ),
+            temporary_maps,
+        )
+        for name in names
+    ]
+    output = temporary_map_name("references")
+    temporary_maps.append(output)
+    gs.run_command("r.patch", input=parts, output=output, quiet=True, overwrite=True)
+    # Each map's labels of the values it has (v.to.rast may label a range
+    # of values, 1-3 for the values 1 and 3 of one name); the first map's
+    # where several label a value.
+    labels = {}
+    for part in reversed(parts):
+        present = {
+            int(v) for v in gs.read_command("r.stats", flags="n", input=part).split()
+        }
+        labels.update(
+            {k: v for k, v in read_categories(part).items() if v and k in present}
+        )
+    if labels:
+        gs.write_command(
+            "r.category",
+            map=output,
+            rules="-",
+            separator="pipe",
+            stdin="".join("{}|{}\n".format(k, v) for k, v in sorted(labels.items())),
+        )
+    return output + "@" + gs.gisenv()["MAPSET"]
+
+
+def rasterise_map(reference, temporary_maps):
+    """Rasterise the one map of `reference` (see rasterise)."""
+    output = temporary_map_name("reference_{}".format(len(temporary_maps)))
     temporary_maps.append(output)
     options = {"label_column": reference.label_column} if reference.label_column else {}
     # Only the feature types the map has: v.to.rast warns of each one missing
