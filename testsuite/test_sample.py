@@ -469,4 +469,50 @@ def test_rows_read_in_chunks_give_the_candidates_of_one_read():
             pool.shrink(size)
             assert sorted(pool.rows * 40 + pool.cols) == sorted(best)
             assert pool.cells == cells.sum()
-            assert pool.mass == pytest.approx(uncertainty[cells].sum(dtype=np.float64))
+            assert pool.mass / 2**24 == pytest.approx(
+                uncertainty[cells].sum(dtype=np.float64)
+            )
+
+
+def test_ctrl_c_while_reading(mapset):
+    """Ctrl-C in the terminal (the whole process group, the reading
+    processes too) while the maps are read: a GRASS error, no traceback,
+    no map."""
+    import os
+    import signal
+    import subprocess
+
+    gs.run_command("g.region", rows=6000, cols=6000)
+    gs.mapcalc("big = if(col() < 3000, 1, 2)", quiet=True)
+    gs.write_command(
+        "r.category", map="big", rules="-", separator="pipe", stdin="1|a\n2|b\n"
+    )
+    gs.mapcalc("big_u = float(row() % 100) / 100", quiet=True)
+    process = subprocess.Popen(
+        [
+            "i.ann.sample",
+            "classified=big",
+            "uncertainty=big_u",
+            "npoints=50",
+            "nprocs=2",
+            "output=batch",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, GRASS_MESSAGE_FORMAT="plain"),
+    )
+    # The first progress step past 0 ("0..5.."): reading has begun.
+    seen = ""
+    while seen.count("..") < 2:
+        character = process.stderr.read(1)
+        assert character, seen
+        seen += character
+    os.killpg(process.pid, signal.SIGINT)
+    stderr = seen + process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert "ERROR: Interrupted; nothing was written" in stderr, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert not gs.find_file("batch", element="vector")["fullname"]
+    assert gs.list_strings("vector", pattern="iann_*") == []

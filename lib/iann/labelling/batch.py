@@ -8,8 +8,8 @@ keeping its own candidates, merged after (propose.py says why the points
 are the same).
 """
 
-import concurrent.futures
 import multiprocessing
+import signal
 
 import numpy as np
 
@@ -38,6 +38,8 @@ PREDICTED_COLUMN = "predicted"
 PREDICTED_LABEL_COLUMN = "predicted_label"
 UNCERTAINTY_COLUMN = "uncertainty"
 CELL_NULL = np.iinfo(np.int32).min
+# Parts of the rows a reading process takes in turn (see scan).
+TASKS_PER_PROCESS = 32
 
 
 def check_maps(classified, uncertainty):
@@ -99,26 +101,48 @@ def scan_part(classified, uncertainty, row_start, row_stop, method, seed, size):
 
 
 def scan(classified, uncertainty, method, seed, size, nprocs):
-    """Candidates of the whole region, read by `nprocs` processes."""
-    rows, _cols = region_shape()
-    parts = max(1, min(nprocs, rows))
+    """Candidates of the whole region, read by `nprocs` processes.
+
+    The rows are cut into at most TASKS_PER_PROCESS parts a process (each
+    part's candidates are merged into the whole's as it ends, and progress
+    shown), and at least one chunk of rows each.
+    """
+    rows, cols = region_shape()
+    processes = max(1, min(nprocs, rows))
+    parts = min(-(-rows // chunk_rows(cols)), TASKS_PER_PROCESS * processes)
+    parts = max(parts, processes)
     bounds = np.linspace(0, rows, parts + 1).astype(int)
     arguments = [
         (classified, uncertainty, int(a), int(b), method, seed, size)
         for a, b in zip(bounds[:-1], bounds[1:])
     ]
-    if parts == 1:
-        results = [scan_part(*arguments[0])]
-    else:
-        # fork: the workers inherit this process's GRASS session as is.
-        context = multiprocessing.get_context("fork")
-        with concurrent.futures.ProcessPoolExecutor(parts, mp_context=context) as pool:
-            results = list(pool.map(scan_part, *zip(*arguments)))
     pools = {}
-    for part in results:
+
+    def merge(part, done):
         for value, pool in part.items():
             pools.setdefault(value, Pool()).merge(pool, size)
+        gs.percent(done, parts, 1)
+
+    gs.percent(0, parts, 1)
+    if processes == 1:
+        for done, task in enumerate(arguments, start=1):
+            merge(scan_part(*task), done)
+        return pools
+    # fork: the workers inherit this process's GRASS session as is. They
+    # ignore Ctrl-C, which this process gets and answers by terminating
+    # them (leaving the pool's context), so no worker prints a traceback.
+    context = multiprocessing.get_context("fork")
+    with context.Pool(
+        processes, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)
+    ) as workers:
+        results = workers.imap_unordered(scan_task, arguments)
+        for done, part in enumerate(results, start=1):
+            merge(part, done)
     return pools
+
+
+def scan_task(arguments):
+    return scan_part(*arguments)
 
 
 def propose_points(

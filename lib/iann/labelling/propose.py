@@ -45,6 +45,7 @@ CHUNK_CELLS = 2**21
 # Weight of a cell of uncertainty 0 in `balanced`: small, but not 0, so
 # that a class mapped with full confidence can still get its share.
 LEAST_WEIGHT = 1e-6
+MASS_UNIT = 2**24
 
 
 @dataclass
@@ -56,9 +57,11 @@ class Pool:
     cols: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     classes: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
     uncertainty: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
-    # Every cell of the class counted, and the sum of their uncertainty.
+    # Every cell of the class counted, and the sum of their uncertainty in
+    # MASS_UNIT: integers, so that the sum does not depend on the order in
+    # which parts of the map are added (nor then the points on `nprocs`).
     cells: int = 0
-    mass: float = 0.0
+    mass: int = 0
     complete: bool = True  # the pool holds every cell of the class
 
     FIELDS = ("keys", "rows", "cols", "classes", "uncertainty")
@@ -138,7 +141,7 @@ def scan_rows(classes_rows, uncertainty_rows, first_row, method, seed, size, poo
         pick = np.ones(len(keys), bool) if value == -1 else cell_classes == value
         pool = pools.setdefault(int(value), Pool())
         pool.cells += int(pick.sum())
-        pool.mass += float(uncertainty[pick].sum(dtype=np.float64))
+        pool.mass += int(np.round(uncertainty[pick] * MASS_UNIT).sum(dtype=np.int64))
         if len(pool.keys) >= size:
             pick &= keys > pool.keys.min()
         if pick.any():
