@@ -12,8 +12,8 @@ F1 are those of i.ann.classify's report on all held-out cells.
 Methods:
 - random: points drawn uniformly in the training blocks;
 - stratified: as many points of each reference class as it has cells for
-  (equal shares, what a careful person does without a model: the
-  reference is used only to stratify);
+  at 3 cells apart (equal shares, what a careful person does without a
+  model: the reference is used only to stratify);
 - balanced: the first 150 random points, then each batch proposed by
   i.ann.sample (its default method) from the classification and
   uncertainty of the network trained on the points so far, labelled with
@@ -59,6 +59,9 @@ TRAIN = ["architecture=fcn", "filters=16", "batch_size=32", "augmentation=dihedr
 EPOCH_PATCHES = 12 * 1200
 # Fine-tuning the previous network: half the epochs of a training from scratch.
 FINETUNE_SHARE = 0.5
+# Cells between the points of the stratified baseline: i.ann.sample's
+# default distance.
+SPACING = 3
 
 
 def frame_cells():
@@ -75,24 +78,47 @@ def frame_cells():
     return rows, cols, classes[rows, cols]
 
 
-def baseline_order(method, seed, classes):
+def baseline_order(method, seed, classes, rows, cols):
     """Indices of frame cells in the order a baseline takes them: the first
-    N are its N points, at every N."""
+    N are its N points, at every N.
+
+    stratified: equal shares at every count (the class with the fewest
+    points so far, and cells left, takes the next one; ties to a random
+    class order), each point SPACING cells from those taken before, as a
+    careful person spreads the points of a rare class rather than label
+    neighbouring cells of one sand bar (without it, equal shares put a
+    point on every cell of the rarest classes, and the networks trained
+    from them, those points in most patches, mapped kappa 0).
+    """
     rng = np.random.default_rng(seed)
     if method == "random":
         return rng.permutation(len(classes))
     values = np.unique(classes)
-    shuffled = [rng.permutation(np.flatnonzero(classes == v)) for v in values]
-    available = np.array([len(s) for s in shuffled])
+    shuffled = [list(rng.permutation(np.flatnonzero(classes == v))) for v in values]
     order, taken = [], np.zeros(len(values), int)
-    # Equal shares at every count: the class with the fewest points so far
-    # (and cells left) takes the next one; ties to a random class order.
     tie = rng.permutation(len(values))
-    for _ in range(min(max(COUNTS), len(classes))):
-        open_ = np.flatnonzero(taken < available)
+    occupied = set()
+
+    def free(index):
+        r, c = rows[index], cols[index]
+        reach = int(np.ceil(SPACING))
+        return not any(
+            (r + i, c + j) in occupied
+            for i in range(-reach, reach + 1)
+            for j in range(-reach, reach + 1)
+            if i * i + j * j < SPACING * SPACING
+        )
+
+    while len(order) < min(max(COUNTS), len(classes)):
+        open_ = np.flatnonzero([len(s) > 0 for s in shuffled])
+        if not len(open_):
+            break
         index = open_[np.lexsort((tie[open_], taken[open_]))[0]]
-        order.append(shuffled[index][taken[index]])
-        taken[index] += 1
+        cell = shuffled[index].pop(0)
+        if free(cell):
+            order.append(cell)
+            occupied.add((rows[cell], cols[cell]))
+            taken[index] += 1
     return np.array(order)
 
 
@@ -233,7 +259,7 @@ def run_method(work, method, seed, counts, frame):
     steps = []
     folder = os.path.join(work, "active", "{}_s{}".format(method, seed))
     if method in ("random", "stratified"):
-        order = baseline_order(method, seed, classes)
+        order = baseline_order(method, seed, classes, rows, cols)
         for count in counts:
             take = order[:count]
             name = "{}_s{}_{}".format(method, seed, count)
@@ -245,7 +271,7 @@ def run_method(work, method, seed, counts, frame):
             print(method, seed, json.dumps(step), flush=True)
         return steps
     # The active methods start from the random method's first points.
-    first = baseline_order("random", seed, classes)[: counts[0]]
+    first = baseline_order("random", seed, classes, rows, cols)[: counts[0]]
     maps = ["{}_s{}_first".format(method, seed)]
     write_points(maps[0], x[first], y[first], classes[first])
     previous = None

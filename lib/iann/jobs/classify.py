@@ -18,6 +18,8 @@ that fails removes its maps: only an interruption keeps them.
 
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -338,6 +340,34 @@ def classify(request, temporary_maps):
     return result
 
 
+class Interruptions:
+    """SIGINT and SIGTERM noted while a job runs (each then raises
+    KeyboardInterrupt, as Python's own handler does); true once one came.
+
+    Only the main thread may handle signals: elsewhere (a script's thread)
+    nothing is noted and the handlers stay those already there.
+    """
+
+    def __init__(self):
+        self.noted = []
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self.note)
+
+    def note(self, signum, frame):
+        self.noted.append(signum)
+        raise KeyboardInterrupt
+
+    def __bool__(self):
+        return bool(self.noted)
+
+    def forget(self):
+        """The handlers back as they were."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
 def run_job(job_plan, request, lock, temporary_maps):
     """Classify the blocks not done yet and finish the outputs."""
     job = job_plan.job
@@ -352,10 +382,15 @@ def run_job(job_plan, request, lock, temporary_maps):
 
     def on_fatal():
         # A GRASS fatal error in this process (a block read here, the
-        # segments) ends it from C: clean up as on any failure.
+        # segments) ends it from C: clean up as on any failure (after an
+        # interruption, as after one).
         remove_maps(temporary_maps)
-        end_job(job, lock)
+        if interrupted:
+            keep_for_resume(job, lock, n_blocks)
+        else:
+            end_job(job, lock)
 
+    interrupted = Interruptions()
     on_grass_fatal(on_fatal)
     results = []
     try:
@@ -381,6 +416,12 @@ def run_job(job_plan, request, lock, temporary_maps):
         keep_for_resume(job, lock, n_blocks)
         raise
     except BaseException as error:
+        if interrupted:
+            # Ctrl-C reached a GRASS module this run had started (the
+            # terminal's process group) before this process: its error is
+            # the interruption's, and the finished blocks are kept as well.
+            keep_for_resume(job, lock, n_blocks)
+            raise KeyboardInterrupt from error
         full = disk_full(error, job.mapset_folder)
         if full is None:
             # A failure: nothing of the job is left behind.
@@ -391,6 +432,7 @@ def run_job(job_plan, request, lock, temporary_maps):
         raise full from None
     finally:
         forget_grass_fatal(on_fatal)
+        interrupted.forget()
     end_job(job, lock)
     step("finish")
     result.seconds = seconds
