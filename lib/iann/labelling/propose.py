@@ -109,50 +109,72 @@ def cell_keys(method, uncertainty, uniform):
     return logs / np.maximum(uncertainty.astype(np.float64), LEAST_WEIGHT)
 
 
-def row_uniforms(seed, row, cols):
+def row_uniforms(seed, row, cols, out=None):
     """The row's random numbers: a function of the seed and the row alone."""
-    return np.random.default_rng([seed, row]).random(cols)
+    return np.random.default_rng([seed, row]).random(cols, out=out)
 
 
 def scan_rows(classes_rows, uncertainty_rows, first_row, method, seed, size, pools):
     """Add a chunk of rows (classes int32, negative for NULL; uncertainty
     float32, NaN for NULL) to the pools.
 
-    Once a pool is full, only cells whose key beats its worst are added:
-    after the first chunks almost none, so the cost is that of computing
-    the keys, whatever the size of the map.
+    Every cell costs a few array operations over the chunk: its key, its
+    class's count and uncertainty sum (bincount), and a comparison with the
+    worst key its class's pool keeps; of the cells that beat it, at most
+    the chunk's best `size` of a class (np.partition, linear) are gathered
+    and added.
     """
-    uniforms = np.stack(
-        [
-            row_uniforms(seed, first_row + offset, classes_rows.shape[1])
-            for offset in range(classes_rows.shape[0])
-        ]
-    )
+    n_rows, n_cols = classes_rows.shape
+    uniforms = np.empty((n_rows, n_cols))
+    for offset in range(n_rows):
+        row_uniforms(seed, first_row + offset, n_cols, out=uniforms[offset])
     valid = (classes_rows >= 0) & np.isfinite(uncertainty_rows)
-    rows, cols = np.nonzero(valid)
-    if not len(rows):
+    if not valid.any():
         return pools
-    uncertainty = uncertainty_rows[rows, cols]
-    keys = cell_keys(method, uncertainty, uniforms[rows, cols])
-    cell_classes = classes_rows[rows, cols]
-    # `balanced` keeps a pool per class; the others one pool (class -1).
-    groups = np.unique(cell_classes) if method == "balanced" else [-1]
-    for value in groups:
-        pick = np.ones(len(keys), bool) if value == -1 else cell_classes == value
-        pool = pools.setdefault(int(value), Pool())
-        pool.cells += int(pick.sum())
-        pool.mass += int(np.round(uncertainty[pick] * MASS_UNIT).sum(dtype=np.int64))
+    keys = cell_keys(method, uncertainty_rows, uniforms)
+    # Each cell's slot: its class value where small (the usual case), its
+    # rank among the chunk's values otherwise; one slot (0) but for balanced.
+    if method != "balanced":
+        slots = np.where(valid, 0, -1)
+        slot_values = np.array([-1])
+    elif classes_rows[valid].max() < 2**16:
+        slots = np.where(valid, classes_rows, -1)
+        slot_values = np.arange(classes_rows[valid].max() + 1)
+    else:
+        slot_values, ranks = np.unique(classes_rows[valid], return_inverse=True)
+        slots = np.full(classes_rows.shape, -1, np.int64)
+        slots[valid] = ranks
+    valid_slots = slots[valid]
+    counts = np.bincount(valid_slots, minlength=len(slot_values))
+    # Integer units below 2**24 a cell: their float64 sum over a chunk of at
+    # most 2**21 cells is exact.
+    units = np.round(uncertainty_rows[valid] * np.float32(MASS_UNIT))
+    sums = np.bincount(valid_slots, weights=units, minlength=len(slot_values))
+    worst = np.full(len(slot_values), -np.inf)
+    for slot in np.flatnonzero(counts):
+        pool = pools.setdefault(int(slot_values[slot]), Pool())
+        pool.cells += int(counts[slot])
+        pool.mass += int(sums[slot])
         if len(pool.keys) >= size:
-            pick &= keys > pool.keys.min()
-        if pick.any():
-            pool.add(
-                size,
-                keys=keys[pick],
-                rows=rows[pick].astype(np.int64) + first_row,
-                cols=cols[pick].astype(np.int64),
-                classes=cell_classes[pick],
-                uncertainty=uncertainty[pick],
-            )
+            worst[slot] = pool.keys.min()
+    beat = valid & (keys > worst[np.maximum(slots, 0)])
+    rows, cols = np.nonzero(beat)
+    picked = slots[rows, cols]
+    for slot in np.unique(picked):
+        index = np.flatnonzero(picked == slot)
+        if len(index) > size:
+            # The chunk's best `size`, and any tied with the last of them.
+            best = keys[rows[index], cols[index]]
+            index = index[best >= np.partition(best, len(best) - size)[-size]]
+        r, c = rows[index], cols[index]
+        pools[int(slot_values[slot])].add(
+            size,
+            keys=keys[r, c],
+            rows=r.astype(np.int64) + first_row,
+            cols=c.astype(np.int64),
+            classes=classes_rows[r, c],
+            uncertainty=uncertainty_rows[r, c],
+        )
     return pools
 
 
