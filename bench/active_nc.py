@@ -4,7 +4,7 @@
 On the North Carolina scene (the demo's split: a quarter of the 64 x 64
 blocks held out, never seen by training), the classes of points are read
 from landclass96, standing in for the person who labels them. Each method
-grows one set of points, and at each count (150, 300, 600, 1200)
+grows one set of points, and at each count (150, 300, 450, 600, 900, 1200)
 i.ann.patches cuts a patch on each point (in the training blocks), a
 network is trained from scratch and classifies the scene; kappa and macro
 F1 are those of i.ann.classify's report on all held-out cells.
@@ -26,12 +26,14 @@ Methods:
 Every point set is seeded (numpy for the baselines, i.ann.sample's seed=
 for batches, the seed to i.ann.patches and i.ann.train). Each finished
 (method, seed) is stored in active_runs.json in the work folder; a rerun
-skips those, --tables prints the table (mean +- sd over the seeds) and
---plot draws kappa against points, one line per method.
+keeps the steps it can (a baseline's counts, an active method's steps
+while its counts are those asked for), --tables prints the table (mean +-
+sd over the seeds) and --plot draws kappa against points, one line per
+method.
 
 Run: python3 bench/active_nc.py [--work ~/i.ann-accuracy] [--seeds 1,2,3]
      [--methods random,stratified,balanced,finetune,uncertain]
-     [--counts 150,300,600,1200] [--tables] [--plot FILE.png]
+     [--counts 150,300,450,600,900,1200] [--tables] [--plot FILE.png]
 The GRASS project and data are those of bench/accuracy_nc.py (made in the
 work folder when missing).
 """
@@ -49,7 +51,7 @@ from accuracy_nc import BANDS, grass_project
 from common import module, print_table
 
 METHODS = ("random", "stratified", "balanced", "finetune", "uncertain")
-COUNTS = (150, 300, 600, 1200)
+COUNTS = (150, 300, 450, 600, 900, 1200)
 # The recipe of examples/points_nc.sh with 16 filters instead of 32 (many
 # networks to train on two cores), and the same number of training steps
 # at every count: EPOCH_PATCHES patch-epochs (12 epochs of 1200 points), so
@@ -123,23 +125,9 @@ def baseline_order(method, seed, classes, rows, cols):
 
 
 def write_points(name, x, y, classes):
-    import grass.script as gs
+    from iann.grass.points import write_points as write
 
-    lines = "".join(
-        "{!r}|{!r}|{}\n".format(float(a), float(b), int(c))
-        for a, b, c in zip(x, y, classes)
-    )
-    gs.write_command(
-        "v.in.ascii",
-        input="-",
-        output=name,
-        x=1,
-        y=2,
-        columns="x double precision, y double precision, class integer",
-        stdin=lines,
-        overwrite=True,
-        quiet=True,
-    )
+    write(name, x, y, [("class", "integer", [int(c) for c in classes])], [])
 
 
 def train_and_assess(folder, maps, count, seed, pretrained=None):
@@ -189,6 +177,16 @@ def train_and_assess(folder, maps, count, seed, pretrained=None):
         check=True,
     )
     seconds["train"] = time.perf_counter() - start
+    step = classify_scene(folder)
+    step["points"] = count
+    step["seconds"] = dict(seconds, classify=step["seconds"]["classify"])
+    return step
+
+
+def classify_scene(folder):
+    """The scene classified with the folder's network (active_classes and
+    active_uncertainty, which i.ann.sample reads): its scores on the
+    held-out blocks."""
     start = time.perf_counter()
     report = os.path.join(folder, "report.json")
     subprocess.run(
@@ -206,15 +204,13 @@ def train_and_assess(folder, maps, count, seed, pretrained=None):
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    seconds["classify"] = time.perf_counter() - start
     with open(report) as f:
         result = json.load(f)
     return {
-        "points": count,
         "kappa": result["kappa"],
         "macro_f1": result["macro_f1"],
         "overall_accuracy": result["overall_accuracy"],
-        "seconds": seconds,
+        "seconds": {"classify": time.perf_counter() - start},
     }
 
 
@@ -249,7 +245,9 @@ def propose(batch, maps, npoints, seed, method):
     return time.perf_counter() - start
 
 
-def run_method(work, method, seed, counts, frame):
+def run_method(work, method, seed, counts, frame, kept=()):
+    """The steps of one method and seed at each count. kept: the steps of
+    an earlier run, reused where they are what this run would compute."""
     import grass.script as gs
 
     region = gs.region()
@@ -259,8 +257,13 @@ def run_method(work, method, seed, counts, frame):
     steps = []
     folder = os.path.join(work, "active", "{}_s{}".format(method, seed))
     if method in ("random", "stratified"):
+        # A baseline's points at a count do not depend on the other counts.
+        done = {step["points"]: step for step in kept}
         order = baseline_order(method, seed, classes, rows, cols)
         for count in counts:
+            if count in done:
+                steps.append(done[count])
+                continue
             take = order[:count]
             name = "{}_s{}_{}".format(method, seed, count)
             write_points(name, x[take], y[take], classes[take])
@@ -274,15 +277,40 @@ def run_method(work, method, seed, counts, frame):
     first = baseline_order("random", seed, classes, rows, cols)[: counts[0]]
     maps = ["{}_s{}_first".format(method, seed)]
     write_points(maps[0], x[first], y[first], classes[first])
+    # An active method's step depends on all counts before it: the earlier
+    # run's steps are kept while its counts agree and its networks and
+    # batches are still there.
+    reuse = 0
+    for k, step in enumerate(kept[: len(counts)]):
+        model = os.path.join(folder, str(counts[k]), "model")
+        batch = "{}_s{}_batch{}".format(method, seed, k)
+        if (
+            [s["points"] for s in kept[: k + 1]] != list(counts[: k + 1])
+            or not os.path.exists(model)
+            or (k and not gs.find_file(batch, element="vector")["name"])
+        ):
+            break
+        reuse = k + 1
     previous = None
     for k, count in enumerate(counts):
-        step = train_and_assess(
-            os.path.join(folder, str(count)),
-            maps,
-            count,
-            seed,
-            pretrained=previous if method == "finetune" else None,
-        )
+        if k < reuse:
+            step = kept[k]
+            if k + 1 < reuse or k + 1 == len(counts):
+                steps.append(step)
+                if k + 1 < reuse:
+                    maps.append("{}_s{}_batch{}".format(method, seed, k + 1))
+                previous = os.path.join(folder, str(count), "model")
+                continue
+            # The next batch is new: i.ann.sample reads this network's maps.
+            classify_scene(os.path.join(folder, str(count)))
+        else:
+            step = train_and_assess(
+                os.path.join(folder, str(count)),
+                maps,
+                count,
+                seed,
+                pretrained=previous if method == "finetune" else None,
+            )
         previous = os.path.join(folder, str(count), "model")
         if k + 1 < len(counts):
             batch = "{}_s{}_batch{}".format(method, seed, k + 1)
@@ -411,13 +439,13 @@ def main():
                 (s, m) for s in args.seeds.split(",") for m in methods if m not in core
             ]
             for seed, method in order:
-                if seed in runs.get(method, {}):
+                kept = runs.get(method, {}).get(seed, [])
+                if [step["points"] for step in kept] == counts:
                     continue
-                if True:
-                    steps = run_method(args.work, method, int(seed), counts, frame)
-                    runs.setdefault(method, {})[seed] = steps
-                    with open(stored, "w") as f:
-                        json.dump(runs, f, indent=1)
+                steps = run_method(args.work, method, int(seed), counts, frame, kept)
+                runs.setdefault(method, {})[seed] = steps
+                with open(stored, "w") as f:
+                    json.dump(runs, f, indent=1)
         finally:
             session.finish()
     tables(runs, methods, counts)

@@ -474,6 +474,55 @@ def test_rows_read_in_chunks_give_the_candidates_of_one_read():
             )
 
 
+def test_a_quota_the_distance_leaves_unfilled_goes_to_the_best_keys_left():
+    """A class whose cells lie in one 2 x 5 clump (distance 3 cells) can
+    give only one point, not its quota: the points it leaves go to the
+    best keys left in the other class, and the count is met. Oracle: the
+    keys, set by hand."""
+    from iann.labelling.propose import Pool, allocate, choose
+
+    def pool_of(value, rows, cols, keys):
+        n = len(rows)
+        return Pool(
+            keys=np.asarray(keys, np.float64),
+            rows=np.asarray(rows),
+            cols=np.asarray(cols),
+            classes=np.full(n, value, np.int32),
+            uncertainty=np.full(n, 0.5, np.float32),
+            cells=n,
+            mass=n * 2**23,
+        )
+
+    # Class 1: the clump at rows 0-1, columns 0-4; its best key is the
+    # clump's centre, from which every other cell is closer than 3.
+    clump_rows, clump_cols = np.divmod(np.arange(10), 5)
+    clump_keys = -np.hypot(clump_rows - 0, clump_cols - 2)
+    # Class 2: 40 cells 5 apart, far from the clump, keys in random order.
+    spread_rows = 20 + 5 * (np.arange(40) // 8)
+    spread_cols = 5 * (np.arange(40) % 8)
+    spread_keys = np.random.default_rng(3).random(40)
+    pools = {
+        1: pool_of(1, clump_rows, clump_cols, clump_keys),
+        2: pool_of(2, spread_rows, spread_cols, spread_keys),
+    }
+    npoints = 10
+    assert allocate(npoints, pools)[1] > 1  # the quota the clump cannot fill
+
+    def cell_centre(rows, cols):
+        return np.asarray(cols, float) + 0.5, -np.asarray(rows, float) - 0.5
+
+    proposal = choose(pools, npoints, "balanced", 3.0, [], cell_centre)
+    assert len(proposal.rows) == npoints
+    taken = set(zip(proposal.rows.tolist(), proposal.cols.tolist()))
+    best_spread = np.argsort(-spread_keys)[: npoints - 1]
+    expected = {(0, 2)} | {
+        (int(spread_rows[i]), int(spread_cols[i])) for i in best_spread
+    }
+    assert taken == expected
+    assert np.array_equal(proposal.x, proposal.cols + 0.5)
+    assert np.array_equal(proposal.y, -proposal.rows - 0.5)
+
+
 def test_ctrl_c_while_reading(mapset):
     """Ctrl-C in the terminal (the whole process group, the reading
     processes too) while the maps are read: a GRASS error, no traceback,

@@ -5,6 +5,8 @@ attribute columns typed in SQL, into a temporary map renamed to the output
 last: a run that fails leaves no half-written map.
 """
 
+import os
+
 import grass.script as gs
 
 from iann.errors import IannError
@@ -76,7 +78,10 @@ def write_points(output, x, y, columns, temporary_vectors):
         raise IannError(_("Writing the points of <{}> failed").format(output))
     gs.run_command("g.rename", vector=(temporary, output), overwrite=True, quiet=True)
     temporary_vectors.remove(temporary)
-    gs.vector_history(output)
+    # The history names the module's command line, which only a module run
+    # by the GRASS parser has (CMDLINE); a script's maps go without.
+    if "CMDLINE" in os.environ:
+        gs.vector_history(output)
     return output
 
 

@@ -179,7 +179,6 @@ def propose_points(
         if proposal is not None:
             break
         size *= 4
-    proposal.x, proposal.y = cell_centre(proposal.rows, proposal.cols)
     return proposal, labels
 
 

@@ -243,12 +243,14 @@ class SpacedSet:
 
 @dataclass
 class Proposal:
-    """The chosen cells, in the order they were taken."""
+    """The chosen cells, in the order they were taken, and their centres."""
 
     rows: np.ndarray
     cols: np.ndarray
     classes: np.ndarray
     uncertainty: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
 
 
 def choose(pools, npoints, method, distance, labelled, cell_centre):
@@ -297,14 +299,17 @@ def choose(pools, npoints, method, distance, labelled, cell_centre):
     # Quotas a class could not fill (too few cells at the distance) go to
     # the best keys left in any class.
     if len(chosen) < npoints:
-        rest = sorted(
-            (
-                (-c["keys"][i], c["rows"][i], c["cols"][i], value, i)
-                for value, c in candidates.items()
-                for i in np.flatnonzero(~used[value])
-            )
-        )
-        for *_key, value, i in rest:
+        left = [(value, np.flatnonzero(~used[value])) for value in candidates]
+        values = np.concatenate([np.full(len(i), v) for v, i in left])
+        indices = np.concatenate([i for _v, i in left])
+
+        def left_of(name):
+            return np.concatenate([candidates[v][name][i] for v, i in left])
+
+        # Best key first; rows and columns break ties, for the same points
+        # whatever the order of the pools.
+        order = np.lexsort((left_of("cols"), left_of("rows"), -left_of("keys")))
+        for value, i in zip(values[order], indices[order]):
             if len(chosen) >= npoints:
                 break
             c = candidates[value]
@@ -325,5 +330,5 @@ def choose(pools, npoints, method, distance, labelled, cell_centre):
         return np.array([candidates[value][name][i] for value, i in chosen])
 
     return Proposal(
-        gather("rows"), gather("cols"), gather("classes"), gather("uncertainty")
+        *(gather(name) for name in ("rows", "cols", "classes", "uncertainty", "x", "y"))
     )
