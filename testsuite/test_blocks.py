@@ -382,6 +382,54 @@ def test_worker_killed_mid_job(mapset, dask_cluster, trained_bundle):
     np.testing.assert_array_equal(read_map("whole"), read_map("survived"))
 
 
+def test_scheduler_lost_mid_job(mapset, dask_cluster, trained_bundle):
+    """The scheduler dies with blocks left: a GRASS error naming it, no
+    traceback, no output map, the finished blocks kept; a rerun without
+    the cluster classifies only the others."""
+    bands, _ = make_synthetic()
+    gs.run_command("g.region", rows=160, cols=160)
+    options = dict(
+        input=",".join(bands), model=trained_bundle, output="lost", block_size="16,16"
+    )
+    run_ok(
+        "i.ann.classify",
+        "t",
+        input=options["input"],
+        model=trained_bundle,
+        output="whole",
+    )
+    process = start("i.ann.classify", "t", scheduler=dask_cluster["address"], **options)
+    try:
+        wait_for(lambda: done_blocks() >= 3, 120, "three blocks")
+        scheduler = dask_cluster["processes"][0]
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        stop_group(process)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    message = " ".join(stderr.split())
+    assert (
+        "ERROR: Lost the connection to the Dask scheduler <{}>".format(
+            dask_cluster["address"]
+        )
+        in message
+    )
+    # Workers go on with the blocks they hold until they give up on the
+    # scheduler: those count as kept too, once the workers are stopped.
+    said = int(re.search(r"(\d+) of 25 blocks are kept", message).group(1))
+    stop_group(dask_cluster["processes"][1])
+    kept = done_blocks()
+    assert 3 <= said <= kept < 25
+    assert not raster_exists("lost")
+    result = run_ok("i.ann.classify", "t", "verbose", **options)
+    assert "{} of 25 blocks already classified".format(kept) in " ".join(
+        result.stderr.split()
+    )
+    np.testing.assert_array_equal(read_map("whole"), read_map("lost"))
+    assert_no_job_left()
+
+
 def test_killed_run_resumes_only_missing_blocks(mapset, trained_bundle):
     bands, _ = make_synthetic()
     gs.run_command("g.region", rows=160, cols=160)

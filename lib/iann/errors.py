@@ -7,3 +7,8 @@ class IannError(Exception):
 
 class DiskFull(IannError):
     """No space left where a job writes: the work done so far is kept."""
+
+
+class ClusterLost(IannError):
+    """The connection to the Dask scheduler was lost mid-job: the work done
+    so far is kept."""

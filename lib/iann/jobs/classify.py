@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import grass.script as gs
 
-from iann.errors import IannError
+from iann.errors import ClusterLost, IannError
 from iann.formats.bundle import (
     BundleMetadata,
     check_model_file,
@@ -422,6 +422,9 @@ def run_job(job_plan, request, lock, temporary_maps):
             # the interruption's, and the finished blocks are kept as well.
             keep_for_resume(job, lock, n_blocks)
             raise KeyboardInterrupt from error
+        if isinstance(error, ClusterLost):
+            keep_for_resume(job, lock, n_blocks)
+            raise
         full = disk_full(error, job.mapset_folder)
         if full is None:
             # A failure: nothing of the job is left behind.

@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from collections import Counter
 
-from iann.errors import IannError
+from iann.errors import ClusterLost, IannError
 from iann.jobs.block import run_block, visibility_problem
 
 # Seconds to reach a scheduler, and to wait for its first worker.
@@ -93,17 +93,29 @@ class DaskCluster:
         # When the module is interrupted (Ctrl-C, SIGTERM) while it waits on
         # Dask, distributed's cancel callback can fail in its event loop and
         # tornado logs that with a traceback; the interruption itself is
-        # reported by the module. Real failures come back through the
-        # blocks' futures, not through this log.
-        self.tornado_log = logging.getLogger("tornado.application")
-        self.tornado_level = self.tornado_log.level
-        self.tornado_log.setLevel(logging.CRITICAL)
+        # reported by the module. When the scheduler dies, the client logs
+        # each failed reconnection with a traceback; the lost connection is
+        # reported by the module too. Real failures come back through the
+        # blocks' futures, not through these logs. (Imported first: importing
+        # distributed sets the levels of its loggers.)
+        import distributed  # noqa: F401
+
+        self.logs = {
+            name: logging.getLogger(name).level
+            for name in ("tornado.application", "distributed.client")
+        }
+        for name in self.logs:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         try:
             self._connect()
         except BaseException:
-            self.tornado_log.setLevel(self.tornado_level)
+            self.restore_logs()
             raise
         return self
+
+    def restore_logs(self):
+        for name, level in self.logs.items():
+            logging.getLogger(name).setLevel(level)
 
     def _connect(self):
         from distributed import Client, LocalCluster
@@ -149,7 +161,7 @@ class DaskCluster:
             if self.cluster is not None:
                 self.cluster.close()
         finally:
-            self.tornado_log.setLevel(self.tornado_level)
+            self.restore_logs()
             if self.upload_folder:
                 shutil.rmtree(self.upload_folder, ignore_errors=True)
 
@@ -229,7 +241,10 @@ class DaskCluster:
 
     def run(self, job, blocks, gpu=False, on_done=None):
         """Classify `blocks` on the cluster, `on_done` called with each BlockResult."""
+        from concurrent.futures import CancelledError
+
         from distributed import as_completed
+        from distributed.comm import CommClosedError
         from distributed.scheduler import KilledWorker
 
         futures = [
@@ -259,5 +274,14 @@ class DaskCluster:
                         ).format(describe(job, by_key[future.key]))
                     ) from None
                 on_done(result)
+        except (CancelledError, CommClosedError) as error:
+            # The scheduler died or the network failed: Dask cancels every
+            # future. The blocks done are kept (their markers are written).
+            raise ClusterLost(
+                _("Lost the connection to the Dask scheduler <{}>").format(
+                    self.scheduler or self.cluster.scheduler_address
+                )
+            ) from error
         finally:
-            self.client.cancel(futures)
+            if self.client.status == "running":
+                self.client.cancel(futures)
