@@ -51,6 +51,11 @@ from accuracy_nc import BANDS, grass_project
 from common import module, print_table
 
 METHODS = ("random", "stratified", "balanced", "finetune", "uncertain")
+LABELS = {
+    "balanced": "balanced, from scratch",
+    "finetune": "balanced, fine-tuned",
+    "uncertain": "uncertain, from scratch",
+}
 COUNTS = (150, 300, 450, 600, 900, 1200)
 # The recipe of examples/points_nc.sh with 16 filters instead of 32 (many
 # networks to train on two cores), and the same number of training steps
@@ -391,8 +396,11 @@ def plot(runs, methods, counts, path):
                 means.append(np.mean(values))
                 sds.append(np.std(values, ddof=1) if len(values) > 1 else 0)
         means, sds = np.array(means), np.array(sds)
-        axes.plot(xs, means, marker="o", label=method)
+        axes.plot(xs, means, marker="o", label=LABELS.get(method, method))
         axes.fill_between(xs, means - sds, means + sds, alpha=0.15)
+        if method == "random" and xs:
+            # The goal: this kappa with at most half the points.
+            axes.axhline(means[-1], color="grey", linestyle="--", linewidth=0.8)
     axes.set_xlabel("labelled points")
     axes.set_ylabel("kappa, held-out blocks")
     axes.set_title("North Carolina: kappa against labelled points (mean ± sd)")

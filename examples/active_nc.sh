@@ -7,8 +7,10 @@
 # 1. FIRST random points in the training blocks (cells with data in all six
 #    bands and a landclass96 class), labelled from landclass96.
 # 2. Each round: patches on all points labelled so far (training=points_0,
-#    points_1, ...), a network trained from scratch with the same number of
-#    steps whatever the number of points (EPOCH_PATCHES patch-epochs), the
+#    points_1, ...), a network trained with the same number of steps
+#    whatever the number of points (EPOCH_PATCHES patch-epochs): from
+#    scratch in the first round, then fine-tuned from the previous round's
+#    network with half the epochs (as accurate, half the CPU time), the
 #    scene classified with its uncertainty and assessed on the held-out
 #    blocks; then i.ann.sample proposes BATCH points in the training blocks
 #    (under a MASK), and v.what.rast labels them from landclass96, standing
@@ -55,10 +57,16 @@ train_and_map() {
         output="$work/patches_$round" size=32 number="$labelled" validation=0.2 \
         split=blocks seed="$seed"
     r.mask --quiet -r
+    local epochs=$(( (epoch_patches + labelled - 1) / labelled ))
+    local previous=()
+    if [ "$round" -gt 1 ]; then
+        previous=(pretrained="$work/model_$(( round - 1 ))")
+        epochs=$(( (epochs + 1) / 2 ))
+    fi
     i.ann.train --overwrite --quiet input="$work/patches_$round" \
         output="$work/model_$round" architecture=fcn filters="$filters" \
-        epochs=$(( (epoch_patches + labelled - 1) / labelled )) batch_size=32 \
-        augmentation=dihedral seed="$seed"
+        epochs="$epochs" batch_size=32 augmentation=dihedral seed="$seed" \
+        "${previous[@]}"
     i.ann.classify --overwrite --quiet input=$bands model="$work/model_$round" \
         output="landcover_$round" uncertainty="uncertainty_$round" \
         reference=landclass96_heldout report="$work/report_$round.json" >/dev/null

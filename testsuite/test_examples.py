@@ -215,3 +215,13 @@ def test_labelling_loop(nc_project, tmp_path):
         metadata["reference"]
         == "points_0@PERMANENT,points_1@PERMANENT,points_2@PERMANENT"
     )
+    # The first network from scratch, each next one fine-tuned from the one
+    # before it.
+    for round_ in (1, 2, 3):
+        training = json.loads(
+            (
+                tmp_path / "work" / "model_{}".format(round_) / "metadata.json"
+            ).read_text()
+        )["training"]
+        expected = str(tmp_path / "work" / "model_{}".format(round_ - 1))
+        assert training.get("pretrained") == (expected if round_ > 1 else None)

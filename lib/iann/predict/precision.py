@@ -199,11 +199,14 @@ def check_precision(
     threads,
     cpu,
     int8_path=None,
+    float32_classes=None,
 ):
     """The check of `precision` on `engine_name` for the bundle in `folder`:
     classes of the validation `tiles` against float32's, and kappa against
     `labels` (`unlabelled` cells left out). A record for the bundle.
-    `int8_path`: the int8 model, when not yet the bundle's own."""
+    `int8_path`: the int8 model, when not yet the bundle's own.
+    `float32_classes`: a dict of float32's classes by engine, filled here,
+    so that checks of several precisions on one engine run float32 once."""
     from iann.predict.engines import ENGINE_CLASSES, engine_version
 
     path = os.path.join(folder, ONNX_FILE)
@@ -214,7 +217,11 @@ def check_precision(
         threads,
         bfloat16=precision == "bfloat16",
     )
-    float32 = classes_of(reference, tiles)
+    if float32_classes is None:
+        float32_classes = {}
+    if engine_name not in float32_classes:
+        float32_classes[engine_name] = classes_of(reference, tiles)
+    float32 = float32_classes[engine_name]
     got = classes_of(reduced, tiles)
     n_classes = int(reference.predict(tiles[:1]).shape[1])
     keep = labels != unlabelled

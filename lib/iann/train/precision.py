@@ -159,6 +159,7 @@ def add_reduced_precisions(
         checks = [c for c in checks if c["precision"] != "int8"]
     tiles, labels = check_data(arrays, indices, transform)
     threads = os.cpu_count() or 1
+    float32_classes = {}
     try:
         for precision in precisions:
             if precision == "bfloat16" and not native_bfloat16(cpu):
@@ -189,6 +190,7 @@ def add_reduced_precisions(
                     threads,
                     cpu,
                     int8_path=made,
+                    float32_classes=float32_classes,
                 )
                 checks = [
                     c
