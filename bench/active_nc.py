@@ -250,6 +250,10 @@ def propose(batch, maps, npoints, seed, method):
     return time.perf_counter() - start
 
 
+def batch_name(method, seed, k):
+    return "{}_s{}_batch{}".format(method, seed, k)
+
+
 def run_method(work, method, seed, counts, frame, kept=()):
     """The steps of one method and seed at each count. kept: the steps of
     an earlier run, reused where they are what this run would compute."""
@@ -287,45 +291,40 @@ def run_method(work, method, seed, counts, frame, kept=()):
     # batches are still there.
     reuse = 0
     for k, step in enumerate(kept[: len(counts)]):
-        model = os.path.join(folder, str(counts[k]), "model")
-        batch = "{}_s{}_batch{}".format(method, seed, k)
         if (
-            [s["points"] for s in kept[: k + 1]] != list(counts[: k + 1])
-            or not os.path.exists(model)
-            or (k and not gs.find_file(batch, element="vector")["name"])
+            step["points"] != counts[k]
+            or not os.path.exists(os.path.join(folder, str(counts[k]), "model"))
+            or (k and not gs.find_file(batch_name(method, seed, k), "vector")["name"])
         ):
             break
         reuse = k + 1
     previous = None
     for k, count in enumerate(counts):
+        here = os.path.join(folder, str(count))
         if k < reuse:
             step = kept[k]
-            if k + 1 < reuse or k + 1 == len(counts):
-                steps.append(step)
-                if k + 1 < reuse:
-                    maps.append("{}_s{}_batch{}".format(method, seed, k + 1))
-                previous = os.path.join(folder, str(count), "model")
-                continue
-            # The next batch is new: i.ann.sample reads this network's maps.
-            classify_scene(os.path.join(folder, str(count)))
+            if k + 1 == reuse and k + 1 < len(counts):
+                # The next batch is new: i.ann.sample reads this network's maps.
+                classify_scene(here)
         else:
             step = train_and_assess(
-                os.path.join(folder, str(count)),
+                here,
                 maps,
                 count,
                 seed,
                 pretrained=previous if method == "finetune" else None,
             )
-        previous = os.path.join(folder, str(count), "model")
+        previous = os.path.join(here, "model")
         if k + 1 < len(counts):
-            batch = "{}_s{}_batch{}".format(method, seed, k + 1)
-            step["seconds"]["sample"] = propose(
-                batch,
-                maps,
-                counts[k + 1] - count,
-                100 * seed + k,
-                "uncertain" if method == "uncertain" else "balanced",
-            )
+            batch = batch_name(method, seed, k + 1)
+            if k + 1 >= reuse:
+                step["seconds"]["sample"] = propose(
+                    batch,
+                    maps,
+                    counts[k + 1] - count,
+                    100 * seed + k,
+                    "uncertain" if method == "uncertain" else "balanced",
+                )
             maps.append(batch)
         steps.append(step)
         print(method, seed, json.dumps(step), flush=True)
